@@ -1,0 +1,35 @@
+# xkd-eval: `make test` and `make demo` work on a fresh machine; they install what they need.
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -ec
+QUIET := { grep -v "^WARNING: Location" || true; }
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip --disable-pip-version-check -q
+TORCH_VERSION ?= 2.13.0
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: install test lint demo clean
+
+$(VENV)/.installed: pyproject.toml Makefile
+	@command -v espeak-ng >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng libsndfile1 >/dev/null) || echo "note: install espeak-ng and libsndfile1 with apt-get for TTS"; }
+	test -x $(PY) || python3 -m venv $(VENV)
+	# CPU build of torch first, pinned: an unpinned torch would pull a multi-GB CUDA build
+	$(PIP) install "torch==$(TORCH_VERSION)" 2>&1 | $(QUIET)
+	$(PIP) install -e ".[test]" 2>&1 | $(QUIET)
+	$(PY) -c "import xkd_eval, torch, transformers, lm_eval"
+	$(PY) -m xkd_eval.scoring.nltk_data
+	touch $@
+
+install: $(VENV)/.installed
+
+test: install
+	$(VENV)/bin/ruff check xkd_eval tests benchmarks
+	$(VENV)/bin/pytest
+
+lint: install
+	$(VENV)/bin/ruff check xkd_eval tests benchmarks
+	$(VENV)/bin/ruff format --check xkd_eval tests benchmarks
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,120 @@
+"""Multiple-choice answer extraction: VoiceBench-compatible, and a robust mode.
+
+``compat="voicebench"`` follows the official extractor rule for rule (lowercase; the ordered phrase
+templates, each tried for a, b, c, d; then an exact single letter; then a letter followed by . , : )
+at the start). Where the official code would then draw an unseeded random letter, we return no answer
+and the summary counts an extraction failure.
+
+``compat="robust"`` reads the answer the way a person would: explicit statements ("Answer: D", "the
+correct option is (b)", the last one wins), then formatting (``**C**``, ``\\boxed{B}``, "(A)", a line
+starting "C."), then the text of exactly one option.
+"""
+
+from __future__ import annotations
+
+import re
+
+from xkd_eval.records import Item, Score
+from xkd_eval.scoring.phrases import voicebench_phrases
+
+LETTERS = "ABCD"
+_SPEAKER_TAGS = ("<1>", "<2>", "<3>")
+
+
+def extract_voicebench(response: str) -> str | None:
+    text = response.lower()
+    if text.startswith(_SPEAKER_TAGS):
+        text = text[3:].strip()
+    for template in voicebench_phrases()["mcq_templates"]:
+        for letter in "abcd":
+            if template.replace("[CHOICE]", letter) in text:
+                return letter.upper()
+    for letter in "abcd":
+        if text == letter or any(text.startswith(letter + p) for p in ".,:)"):
+            return letter.upper()
+    if "would be a." in text or 'would be "a.' in text:
+        return "A"
+    if "the best option from the given choices would be a scorpion (a)" in text:
+        return "A"
+    return None
+
+
+# A letter counts when it is a capital, or a lowercase letter that cannot be the article "a" (it is
+# followed by punctuation or the end). "The answer is a bird" names no option.
+_LETTER = r"(?-i:(?P<upper>[A-D])(?![A-Za-z0-9])|(?P<lower>[a-d])(?=\s*(?:$|[.,:;)\]*\"'!?])))"
+_STATEMENT = re.compile(
+    r"(?:answer|option|choice|select|choose|pick|go with)\b[^A-Za-z0-9\n]{0,4}"
+    r"(?:(?:is|would be|will be|should be|=)\b[^A-Za-z0-9\n]{0,4})?"
+    r"(?:(?:option|choice|letter)\b[^A-Za-z0-9\n]{0,4})?" + _LETTER,
+    re.IGNORECASE,
+)
+_FORMATTED = [
+    re.compile(r"\\boxed\{\s*(?:\\text\{)?\s*([A-Da-d])\b"),
+    re.compile(r"\*\*\s*\(?([A-Da-d])\)?\s*[.:)]?\s*\*\*"),
+    re.compile(r"\(([A-D])\)"),
+    re.compile(r"(?m)^\s*[\"'*(\[]*([A-D])\s*[.:)\]]"),
+]
+_OPTION_LINE = re.compile(r"(?m)^\s*\(?([A-D])[.):]\s+(.+?)\s*$")
+
+
+def _letter(match: re.Match) -> str:
+    groups = [g for g in match.groups() if g]
+    if match.re is _STATEMENT:
+        groups = [match.group("upper") or match.group("lower")]
+    return groups[-1].upper()
+
+
+def _normalise(text: str) -> str:
+    return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
+
+
+def options_of(item: Item) -> dict[str, str]:
+    """Letter -> option text, from ``choices`` or from "A. ..." lines in the prompt."""
+    if item.choices:
+        return {LETTERS[i]: c for i, c in enumerate(item.choices[: len(LETTERS)])}
+    return {letter: text for letter, text in _OPTION_LINE.findall(item.prompt or "")}
+
+
+def extract_robust(response: str, options: dict[str, str] | None = None) -> str | None:
+    text = response.strip()
+    if text.startswith(_SPEAKER_TAGS):
+        text = text[3:].strip()
+    statements = [_letter(m) for m in _STATEMENT.finditer(text)]
+    if statements:
+        return statements[-1]
+    bare = text.strip(" \t\n*\"'`()[].:")
+    if len(bare) == 1 and bare.upper() in LETTERS:
+        return bare.upper()
+    for pattern in _FORMATTED:
+        found = {m.group(1).upper() for m in pattern.finditer(text)}
+        if len(found) == 1:
+            return found.pop()
+        if len(found) > 1:
+            return None  # several letters stressed the same way: ambiguous
+    if options:
+        said = f" {_normalise(text)} "
+        named = [
+            letter for letter, option in options.items() if _normalise(option) and f" {_normalise(option)} " in said
+        ]
+        if len(named) == 1:
+            return named[0]
+    return None
+
+
+def reference_letter(item: Item) -> str:
+    reference = (item.reference or "").strip().strip("()").upper()
+    if reference not in LETTERS:
+        raise ValueError(f"mcq: item {item.id!r} has reference {item.reference!r}, expected one of A-D")
+    return reference
+
+
+def score_mcq(item: Item, response: str, *, compat: str = "voicebench") -> Score:
+    expected = reference_letter(item)
+    if compat == "voicebench":
+        extracted = extract_voicebench(response or "")
+    else:
+        extracted = extract_robust(response or "", options_of(item))
+    if extracted is None:
+        return Score(value=None, correct=None, extracted=None)
+    correct = extracted == expected
+    return Score(value=float(correct), correct=correct, extracted=extracted)

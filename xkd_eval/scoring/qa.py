@@ -4,6 +4,8 @@ PEDANT (qa_metrics) first normalises both strings (lowercase, ASCII punctuation 
 a/an/the removed, whitespace collapsed) and accepts the answer when a normalised reference is a
 *substring* of the normalised answer; only then does it consult a trained classifier, whose files
 are downloaded at start (unavailable offline). We apply the rule and record which rule decided.
+One deliberate difference: a reference that normalises to nothing ("the") matches every answer in
+PEDANT; here it matches none.
 """
 
 from __future__ import annotations

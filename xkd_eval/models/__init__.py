@@ -1,0 +1,97 @@
+"""The model registry: ``ADAPTER:ID_OR_PATH``, or a bare id/path whose config picks the adapter.
+
+Adapters are imported lazily (by "module:Class" entries), so naming a model costs nothing until it
+is loaded.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+from typing import Any
+
+from xkd_eval.errors import UnknownNameError, XkdError
+from xkd_eval.models.base import SPEECH_INSTRUCTION, GenerationSettings, ModelAdapter, Query
+from xkd_eval.registry import Registry, unknown_name_message
+
+ADAPTERS: Registry[str] = Registry("model adapter")
+ADAPTERS.add("hf-text", "xkd_eval.models.hf_text:HFTextAdapter")
+ADAPTERS.add("qwen2-audio", "xkd_eval.models.qwen2_audio:Qwen2AudioAdapter")
+ADAPTERS.add("voxtral", "xkd_eval.models.voxtral:VoxtralAdapter")
+ADAPTERS.add("qwen2.5-omni", "xkd_eval.models.qwen_omni:QwenOmniThinkerAdapter")
+ADAPTERS.add("audioflamingo3", "xkd_eval.models.audioflamingo3:AudioFlamingo3Adapter")
+ADAPTERS.add("cascade", "xkd_eval.models.cascade:CascadeAdapter")
+
+# config.model_type -> adapter, for bare ids
+MODEL_TYPES: dict[str, str] = {
+    "qwen2_audio": "qwen2-audio",
+    "voxtral": "voxtral",
+    "qwen2_5_omni": "qwen2.5-omni",
+    "qwen2_5_omni_thinker": "qwen2.5-omni",
+    "audioflamingo3": "audioflamingo3",
+}
+
+# named models (registered by later layers, e.g. the embedded default): name -> factory(**options)
+NAMED_MODELS: Registry[Any] = Registry("model")
+
+
+def adapter_class(name: str) -> type[ModelAdapter]:
+    module_name, _, attr = ADAPTERS.get(name).partition(":")
+    return getattr(importlib.import_module(module_name), attr)
+
+
+def _model_type(model_id: str, revision: str | None) -> str:
+    local = Path(model_id).expanduser()
+    if local.is_dir():
+        config_file = local / "config.json"
+        if not config_file.is_file():
+            raise XkdError(f"model folder {local} has no config.json; name its adapter: ADAPTER:{model_id}")
+        return json.loads(config_file.read_text())["model_type"]
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(model_id, revision=revision).model_type
+    except OSError as exc:
+        raise XkdError(f"cannot read the config of model {model_id!r}: {exc}") from exc
+
+
+def resolve_adapter(spec: str) -> tuple[str, str]:
+    """``ADAPTER:ID`` -> (adapter, id); a bare id/path -> adapter picked from its config's model_type."""
+    if spec in NAMED_MODELS:
+        return "named", spec
+    head, sep, rest = spec.partition(":")
+    if sep and head in ADAPTERS:
+        return head, rest
+    if sep and not Path(spec).exists() and "/" not in head:
+        raise UnknownNameError(unknown_name_message("model adapter", head, ADAPTERS.names()))
+    model_type = _model_type(spec, None)
+    if model_type in MODEL_TYPES:
+        return MODEL_TYPES[model_type], spec
+    return "hf-text", spec  # a text LLM: anything AutoModelForCausalLM can load
+
+
+def load_model(spec: str, *, revision: str | None = None, **options: Any) -> ModelAdapter:
+    """Load a model by spec: ``hf-text:HuggingFaceTB/SmolLM2-135M-Instruct``, ``qwen2-audio:/path``, a
+    bare id/path, or a registered name."""
+    if spec in NAMED_MODELS:
+        return NAMED_MODELS.get(spec)(**options)
+    if ":" not in spec and not Path(spec).expanduser().exists() and "/" not in spec:
+        known = [*NAMED_MODELS.names(), *(f"{a}:<id>" for a in ADAPTERS.names())]
+        raise UnknownNameError(unknown_name_message("model", spec, known))
+    adapter, model_id = resolve_adapter(spec)
+    return adapter_class(adapter)(model_id, revision=revision, **options)
+
+
+__all__ = [
+    "ADAPTERS",
+    "MODEL_TYPES",
+    "NAMED_MODELS",
+    "SPEECH_INSTRUCTION",
+    "GenerationSettings",
+    "ModelAdapter",
+    "Query",
+    "adapter_class",
+    "load_model",
+    "resolve_adapter",
+]

@@ -1,0 +1,150 @@
+"""Shared machinery of transformers-based adapters: batching, left-padded generation, and
+teacher-forced continuation logits with right padding."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from typing import Any
+
+from xkd_eval.models.base import GenerationSettings, ModelAdapter, Query
+
+
+def pick_device(device: str | None = None) -> str:
+    if device:
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def pick_dtype(device: str, dtype: str | None = None):
+    import torch
+
+    if dtype:
+        return getattr(torch, dtype)
+    if device.startswith("cuda") and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+class HFChatAdapter(ModelAdapter):
+    """A transformers model with a chat template. Subclasses load the model and build batches."""
+
+    def __init__(
+        self,
+        model_id: str,
+        *,
+        revision: str | None = None,
+        device: str | None = None,
+        dtype: str | None = None,
+        model: Any = None,
+        processor: Any = None,
+    ) -> None:
+        super().__init__(model_id, revision=revision)
+        self.device = pick_device(device)
+        if model is None:
+            model, processor = self.load(model_id, revision=revision, device=self.device, dtype=dtype)
+        self.model = model.eval()
+        self.processor = processor
+
+    # ------------------------------------------------------------------ per family
+
+    @classmethod
+    @abc.abstractmethod
+    def load(cls, model_id: str, *, revision: str | None, device: str, dtype: str | None) -> tuple[Any, Any]:
+        """(model on device, processor-or-tokenizer), from a hub id or a local folder."""
+
+    @property
+    @abc.abstractmethod
+    def tokenizer(self):
+        """The text tokenizer (for suffix lengths, decoding, vocabulary)."""
+
+    @abc.abstractmethod
+    def messages(self, query: Query) -> list[dict[str, Any]]:
+        """The chat messages for one query."""
+
+    @abc.abstractmethod
+    def encode(self, prompts: list[str], queries: Sequence[Query]) -> dict[str, Any]:
+        """Tokenise rendered prompts (with their audio) into a padded batch of model inputs (on CPU)."""
+
+    # ------------------------------------------------------------------ shared
+
+    def render_prompt(self, query: Query) -> str:
+        template_owner = self.processor if hasattr(self.processor, "apply_chat_template") else self.tokenizer
+        return template_owner.apply_chat_template(self.messages(query), tokenize=False, add_generation_prompt=True)
+
+    def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
+        import torch
+
+        moved = {}
+        for key, value in batch.items():
+            if isinstance(value, torch.Tensor):
+                value = value.to(self.device)
+                if value.is_floating_point():
+                    value = value.to(self.model.dtype)
+            moved[key] = value
+        return moved
+
+    def generate(self, queries: Sequence[Query], settings: GenerationSettings) -> list[str]:
+        import torch
+
+        if not queries:
+            return []
+        prompts = [self.render_prompt(q) for q in queries]
+        self.tokenizer.padding_side = "left"
+        batch = self._to_device(self.encode(prompts, queries))
+        options: dict[str, Any] = {
+            "max_new_tokens": settings.max_new_tokens,
+            "do_sample": settings.do_sample,
+            "pad_token_id": self.tokenizer.pad_token_id,
+        }
+        if settings.do_sample:
+            torch.manual_seed(settings.seed)
+            options |= {"temperature": settings.temperature, "top_p": settings.top_p}
+        else:
+            options |= {"temperature": None, "top_p": None, "top_k": None}
+        with torch.inference_mode():
+            output = self.model.generate(**batch, **options)
+        sequences = output.sequences if hasattr(output, "sequences") else output
+        new_tokens = sequences[:, batch["input_ids"].shape[1] :]
+        return [text.strip() for text in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+
+    def _suffix_ids(self, prompt: str, suffix: str) -> list[int]:
+        """Token ids the suffix adds after the prompt (tokenised jointly, as the model will see it)."""
+        tok = self.tokenizer
+        whole = tok(prompt + suffix, add_special_tokens=False)["input_ids"]
+        head = tok(prompt, add_special_tokens=False)["input_ids"]
+        if whole[: len(head)] != head:  # a merge across the boundary: fall back to separate pieces
+            return tok(suffix, add_special_tokens=False)["input_ids"]
+        return whole[len(head) :]
+
+    def continuation_logits(self, queries: Sequence[Query], continuations: Sequence[str]):
+        import torch
+
+        if not queries:
+            return []
+        prompts = [self.render_prompt(q) for q in queries]
+        suffixes = [self._suffix_ids(p, c) for p, c in zip(prompts, continuations, strict=True)]
+        self.tokenizer.padding_side = "right"
+        batch = self.encode(prompts, queries)
+        # append each continuation after its own prompt, inside the right-padded batch
+        lengths = batch["attention_mask"].sum(dim=1).tolist()
+        width = max(n + len(s) for n, s in zip(lengths, suffixes, strict=True))
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.full((len(queries), width), pad, dtype=batch["input_ids"].dtype)
+        attention = torch.zeros((len(queries), width), dtype=batch["attention_mask"].dtype)
+        for row, (n, suffix) in enumerate(zip(lengths, suffixes, strict=True)):
+            input_ids[row, :n] = batch["input_ids"][row, :n]
+            input_ids[row, n : n + len(suffix)] = torch.tensor(suffix, dtype=input_ids.dtype)
+            attention[row, : n + len(suffix)] = 1
+        batch["input_ids"], batch["attention_mask"] = input_ids, attention
+        with torch.inference_mode():
+            logits = self.model(**self._to_device(batch)).logits
+        out = []
+        for row, (n, suffix) in enumerate(zip(lengths, suffixes, strict=True)):
+            out.append((logits[row, n - 1 : n - 1 + len(suffix)].float().cpu(), torch.tensor(suffix)))
+        return out
+
+    def vocabulary(self) -> dict[str, int]:
+        return self.tokenizer.get_vocab()

@@ -24,12 +24,12 @@ $(VENV)/.installed: pyproject.toml Makefile
 install: $(VENV)/.installed
 
 test: install
-	$(VENV)/bin/ruff check xkd_eval tests benchmarks
+	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest
 
 lint: install
-	$(VENV)/bin/ruff check xkd_eval tests benchmarks
-	$(VENV)/bin/ruff format --check xkd_eval tests benchmarks
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -64,6 +64,170 @@ def score(
         raise typer.Exit(1)
 
 
+class McqMode(str, Enum):
+    generate = "generate"
+    letter = "letter"
+    cloze = "cloze"
+
+
+ModelOpt = Annotated[
+    str, typer.Option("--model", help="The speech LLM: ADAPTER:ID_OR_PATH, a bare id/path, or a name.")
+]
+TasksOpt = Annotated[
+    list[str], typer.Option("--task", help="Task name (repeatable): voicebench/<config>, mmau-mini, ...")
+]
+OutOpt = Annotated[Path, typer.Option("--out", help="Output folder (results are cached there; reruns resume).")]
+LimitOpt = Annotated[int | None, typer.Option(help="Only the first N items of each task.")]
+DataDirOpt = Annotated[Path | None, typer.Option(help="Local copy of the benchmark data (hub layout).")]
+McqOpt = Annotated[
+    McqMode, typer.Option(help="MCQ by generation, or by option log-likelihood (letter, or cloze over option texts).")
+]
+BatchOpt = Annotated[int, typer.Option(help="Items per forward pass (results do not depend on it).")]
+TokensOpt = Annotated[int, typer.Option(help="Longest generated answer, in tokens (greedy decoding).")]
+CompatOpt = Annotated[Compat | None, typer.Option(help="mcq/bbh/refusal scoring: voicebench (official) or robust.")]
+JudgeUrlOpt = Annotated[str | None, typer.Option(help="OpenAI-compatible judge endpoint for open-ended tasks.")]
+JudgeModelOpt = Annotated[str, typer.Option(help="Judge model name.")]
+DiagOpt = Annotated[list[str], typer.Option("--diagnostics", help="Extra judge-free diagnostics: kl.")]
+DeviceOpt = Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda if available).")]
+
+
+def _measure(
+    *, model, base, tasks, arms, out, limit, data_dir, mcq_mode, batch_size, max_new_tokens, compat,
+    judge_url, judge_model, diagnostics, device,
+) -> None:  # fmt: skip
+    from xkd_eval.models.base import GenerationSettings
+    from xkd_eval.runner.core import RunConfig
+    from xkd_eval.runner.measure import measure
+    from xkd_eval.scoring.open_judge import JudgeConfig
+
+    unknown = [d for d in diagnostics if d != "kl"]
+    if unknown:
+        fail(f"unknown diagnostics {unknown}; available: kl")
+    try:
+        config = RunConfig.sharded_from_env(
+            out_dir=out,
+            settings=GenerationSettings(max_new_tokens=max_new_tokens),
+            mcq_mode=mcq_mode.value,
+            batch_size=batch_size,
+            limit=limit,
+            data_dir=data_dir,
+            compat=compat.value if compat else None,
+            judge=JudgeConfig(base_url=judge_url, model=judge_model) if judge_url else None,
+        )
+        written = measure(
+            model=model, base=base, tasks=tasks, arms=arms, config=config, diagnostics=diagnostics,
+            model_options={"device": device} if device else None,
+        )  # fmt: skip
+    except XkdError as exc:
+        fail(str(exc))
+    if written is not None:
+        _print_summary(written)
+
+
+def _print_summary(folder: Path) -> None:
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    summary = json.loads((folder / "summary.json").read_text())
+    table = Table(title=f"{summary.get('model')} vs {summary.get('base') or '-'}")
+    for column in ("task", "n", "base_text", "slm_text", "slm_speech", "forgetting", "gap"):
+        table.add_column(column, justify="right" if column != "task" else "left")
+
+    def cell(block):
+        if not block:
+            return "-"
+        value = block.get("score", block.get("delta"))
+        lo, hi = block.get("ci") or (None, None)
+        return f"{value:.1f} [{lo:.1f}, {hi:.1f}]" if value is not None and lo is not None else str(value)
+
+    for task in summary["tasks"]:
+        arms = task.get("arms", {})
+        table.add_row(
+            task["task"], str(task.get("n")), cell(arms.get("base_text")), cell(arms.get("slm_text")),
+            cell(arms.get("slm_speech")), cell(task.get("forgetting")), cell(task.get("gap")),
+        )  # fmt: skip
+    console = Console()
+    console.print(table)
+    timings = folder / "timings.json"
+    if timings.exists():
+        for stage, seconds in json.loads(timings.read_text()).items():
+            console.print(f"  {stage}: {seconds:.1f}s", highlight=False)
+    console.print(f"report: {folder / 'report.md'}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def forgetting(
+    model: ModelOpt,
+    base: Annotated[str, typer.Option(help="The text LLM the speech LLM was built from.")],
+    task: TasksOpt,
+    out: OutOpt,
+    limit: LimitOpt = None,
+    data_dir: DataDirOpt = None,
+    mcq_mode: McqOpt = McqMode.generate,
+    batch_size: BatchOpt = 8,
+    max_new_tokens: TokensOpt = 96,
+    compat: CompatOpt = None,
+    judge_url: JudgeUrlOpt = None,
+    judge_model: JudgeModelOpt = "gpt-4o-mini",
+    diagnostics: DiagOpt = [],  # noqa: B006 - typer reads the default
+    device: DeviceOpt = None,
+) -> None:
+    """Catastrophic forgetting: the speech LLM and its base LLM on the same written queries."""
+    _measure(
+        model=model, base=base, tasks=task, arms=["base_text", "slm_text"], out=out, limit=limit, data_dir=data_dir,
+        mcq_mode=mcq_mode, batch_size=batch_size, max_new_tokens=max_new_tokens, compat=compat, judge_url=judge_url,
+        judge_model=judge_model, diagnostics=diagnostics, device=device,
+    )  # fmt: skip
+
+
+@app.command()
+def gap(
+    model: ModelOpt,
+    task: TasksOpt,
+    out: OutOpt,
+    base: Annotated[str | None, typer.Option(help="Also run the base LLM: the three-arm decomposition.")] = None,
+    limit: LimitOpt = None,
+    data_dir: DataDirOpt = None,
+    mcq_mode: McqOpt = McqMode.generate,
+    batch_size: BatchOpt = 8,
+    max_new_tokens: TokensOpt = 96,
+    compat: CompatOpt = None,
+    judge_url: JudgeUrlOpt = None,
+    judge_model: JudgeModelOpt = "gpt-4o-mini",
+    diagnostics: DiagOpt = [],  # noqa: B006 - typer reads the default
+    device: DeviceOpt = None,
+) -> None:
+    """The modality gap: the speech LLM on written vs spoken queries (with --base: all three arms)."""
+    arms = (["base_text"] if base else []) + ["slm_text", "slm_speech"]
+    _measure(
+        model=model, base=base, tasks=task, arms=arms, out=out, limit=limit, data_dir=data_dir, mcq_mode=mcq_mode,
+        batch_size=batch_size, max_new_tokens=max_new_tokens, compat=compat, judge_url=judge_url,
+        judge_model=judge_model, diagnostics=diagnostics, device=device,
+    )  # fmt: skip
+
+
+@app.command()
+def report(
+    runs: Annotated[list[Path], typer.Argument(help="One run folder, or several to compare side by side.")],
+    out: Annotated[Path | None, typer.Option(help="Where a comparison is written (default: the first run).")] = None,
+) -> None:
+    """Rebuild the report from saved results; with several folders, compare the runs."""
+    from xkd_eval.report import compare_runs, write_report
+
+    for folder in runs:
+        if not (folder / "summary.json").is_file():
+            fail(f"{folder} has no summary.json: not an xkd-eval run folder")
+    try:
+        if len(runs) == 1:
+            typer.echo(write_report(runs[0]))
+        else:
+            typer.echo(compare_runs(runs, out or runs[0] / "compare"))
+    except XkdError as exc:
+        fail(str(exc))
+
+
 @app.command("tasks")
 def list_tasks() -> None:
     """List the task names xkd-eval knows."""

@@ -1,0 +1,145 @@
+"""The runner on tiny real models: batching, caching and resume, crash safety, MCQ modes, bad audio."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+from conftest import tone
+from tiny_models import build_qwen2_audio, build_text_model
+
+from xkd_eval.errors import XkdError
+from xkd_eval.models import GenerationSettings, load_model
+from xkd_eval.runner.core import RunConfig, prepare_tasks, run_arm
+from xkd_eval.runner.store import ResultStore
+
+SETTINGS = GenerationSettings(max_new_tokens=4)
+
+
+@pytest.fixture(scope="session")
+def tiny_text(tmp_path_factory) -> Path:
+    return build_text_model(tmp_path_factory.mktemp("tiny_text"))
+
+
+@pytest.fixture(scope="session")
+def tiny_slm(tmp_path_factory) -> Path:
+    return build_qwen2_audio(tmp_path_factory.mktemp("tiny_slm"))
+
+
+@pytest.fixture(scope="session")
+def mcq_task(tmp_path_factory) -> Path:
+    """A JSONL task: 4-option questions with spoken versions of mixed lengths, one with broken audio."""
+    root = tmp_path_factory.mktemp("mcq_task")
+    (root / "audio").mkdir()
+    lines = []
+    for i in range(10):
+        sf.write(root / "audio" / f"{i}.wav", tone(0.3 + 0.25 * i, rate=16_000, seed=i), 16_000)
+        prompt = f"Question {i}: which is a mammal?\nA. shark\nB. whale\nC. trout\nD. squid"
+        lines.append({"id": f"q{i}", "prompt": prompt, "audio": f"audio/{i}.wav", "reference": "B", "domain": "zoo"})
+    (root / "audio" / "9.wav").write_bytes(b"RIFF broken")
+    path = root / "mcq.jsonl"
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    return path
+
+
+def config(tmp_path, **overrides) -> RunConfig:
+    return RunConfig(out_dir=tmp_path, settings=SETTINGS, scorer="mcq", **overrides)
+
+
+def test_batched_equals_per_item_and_reruns_hit_the_cache(tiny_slm, mcq_task, tmp_path):
+    model = load_model(str(tiny_slm))
+    [run] = prepare_tasks([f"jsonl:{mcq_task}"], config(tmp_path))
+    batched = run_arm(model, "slm", "slm_speech", run, config(tmp_path / "a", batch_size=4))
+    single = run_arm(model, "slm", "slm_speech", run, config(tmp_path / "b", batch_size=1))
+    key = lambda rows: sorted((r["item_id"], r["response"]) for r in rows)  # noqa: E731
+    assert key(batched) == key(single)
+    broken = [r for r in batched if r["error"]]
+    assert [r["item_id"] for r in broken] == ["q9"] and "cannot decode" in broken[0]["error"]
+
+    calls = []
+    original = model.generate
+    model.generate = lambda queries, settings: calls.append(len(queries)) or original(queries, settings)
+    again = run_arm(model, "slm", "slm_speech", run, config(tmp_path / "a", batch_size=4))
+    assert calls == [] and key(again) == key(batched)  # all 9 good items came from the store
+    # a different decoding setting is a different result: recomputed
+    other = RunConfig(out_dir=tmp_path / "a", settings=GenerationSettings(max_new_tokens=5), scorer="mcq", batch_size=4)
+    run_arm(model, "slm", "slm_speech", run, other)
+    assert sum(calls) == 9
+
+
+def test_text_arm_and_mcq_modes(tiny_text, mcq_task, tmp_path):
+    model = load_model(str(tiny_text))
+    [run] = prepare_tasks([f"jsonl:{mcq_task}"], config(tmp_path))
+    rows = run_arm(model, "base", "base_text", run, config(tmp_path, mcq_mode="cloze"))
+    assert {r["mcq_mode"] for r in rows} == {"cloze"}
+    assert {r["response"] for r in rows} <= {"A", "B", "C", "D"} and all(r["extracted"] for r in rows)
+    record = ResultStore(tmp_path / "results", "base", run.spec.name).records()[0]
+    assert set(record["option_logprobs"]) == {"A", "B", "C", "D"}
+    # the cloze prompt is the question without its option lines
+    assert "whale" not in record["prompt"] and "which is a mammal" in record["prompt"]
+    letter = run_arm(model, "base", "base_text", run, config(tmp_path, mcq_mode="letter", batch_size=3))
+    assert all(r["mcq_mode"] == "letter" and r["extracted"] in "ABCD" for r in letter)
+
+
+def test_speech_arm_of_a_text_model_is_refused(tiny_text, mcq_task, tmp_path):
+    model = load_model(f"hf-text:{tiny_text}")
+    [run] = prepare_tasks([f"jsonl:{mcq_task}"], config(tmp_path))
+    with pytest.raises(XkdError, match="cannot take audio"):
+        run_arm(model, "m", "slm_speech", run, config(tmp_path))
+
+
+def test_store_drops_a_torn_last_line(tmp_path):
+    store = ResultStore(tmp_path, "m", "t")
+    store.append([{"key": "a", "response": "x"}, {"key": "b", "response": "y"}])
+    with store.path.open("a") as handle:
+        handle.write('{"key": "c", "resp')  # the write a kill -9 cut short
+    reopened = ResultStore(tmp_path, "m", "t")
+    assert len(reopened) == 2 and "c" not in reopened
+    assert store.path.read_text().endswith("}\n")  # repaired before anything is appended
+    reopened.append([{"key": "c", "response": "z"}])
+    assert len(ResultStore(tmp_path, "m", "t")) == 3
+
+
+KILL_SCRIPT = """
+import sys
+from xkd_eval.models import GenerationSettings, load_model
+from xkd_eval.runner.core import RunConfig, prepare_tasks, run_arm
+out, model_dir, task = sys.argv[1:4]
+config = RunConfig(out_dir=out, settings=GenerationSettings(max_new_tokens=24), scorer="mcq", batch_size=1)
+[run] = prepare_tasks([f"jsonl:{task}"], config)
+run_arm(load_model(model_dir), "m", "base_text", run, config)
+"""
+
+
+def test_kill_9_loses_at_most_the_batch_in_flight(tiny_text, mcq_task, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
+    process = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(tmp_path), str(tiny_text), str(mcq_task)], env=env)
+    files = tmp_path / "results"
+    deadline = time.monotonic() + 120
+    done_before_kill = 0
+    while time.monotonic() < deadline and process.poll() is None:
+        lines = [p.read_text().count("\n") for p in files.glob("*/*.jsonl")] if files.exists() else []
+        if lines and lines[0] >= 3:
+            process.send_signal(signal.SIGKILL)
+            done_before_kill = lines[0]
+            break
+        time.sleep(0.05)
+    process.wait()
+    assert done_before_kill >= 3, "the run finished before it could be killed"
+    model = load_model(str(tiny_text))
+    calls = []
+    original = model.generate
+    model.generate = lambda queries, settings: calls.append(len(queries)) or original(queries, settings)
+    cfg = RunConfig(out_dir=tmp_path, settings=GenerationSettings(max_new_tokens=24), scorer="mcq", batch_size=1)
+    [run] = prepare_tasks([f"jsonl:{mcq_task}"], cfg)
+    rows = run_arm(model, "m", "base_text", run, cfg)
+    assert len(rows) == 10
+    survived = len(ResultStore(tmp_path / "results", "m", run.spec.name))
+    assert survived == 10 and sum(calls) <= 10 - done_before_kill

@@ -1,0 +1,270 @@
+"""The runner: every (model, task, item, arm) answered once, batched, cached, scored.
+
+Arms: ``base_text`` (the base LLM reads the written query), ``slm_text`` (the speech LLM reads it),
+``slm_speech`` (the speech LLM hears it, with a fixed instruction). Items are sharded across
+processes by rank (torchrun / accelerate set RANK and WORLD_SIZE); rank 0 merges.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from xkd_eval.audio import load_all_audio
+from xkd_eval.errors import XkdError
+from xkd_eval.models.base import SPEECH_INSTRUCTION, GenerationSettings, ModelAdapter, Query
+from xkd_eval.records import Item, Score
+from xkd_eval.runner.options import MCQ_MODES, OptionSet, option_set
+from xkd_eval.runner.store import ResultStore, result_key
+from xkd_eval.scoring import SCORERS, ScorerSpec
+from xkd_eval.scoring.open_judge import JudgeConfig
+from xkd_eval.tasks.base import LoadedTask, TaskSpec
+
+log = logging.getLogger(__name__)
+
+ARMS: dict[str, tuple[str, str]] = {
+    "base_text": ("base", "text"),
+    "slm_text": ("slm", "text"),
+    "slm_speech": ("slm", "speech"),
+}
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """How a measurement runs. Everything that changes answers is part of each result's cache key."""
+
+    out_dir: Path
+    settings: GenerationSettings = field(default_factory=GenerationSettings)
+    mcq_mode: str = "generate"  # generate | letter | cloze (option log-likelihood)
+    batch_size: int = 8  # items per forward pass; results do not depend on it
+    limit: int | None = None  # first N items of each task
+    data_dir: Path | None = None  # local copy of the benchmark data
+    compat: str | None = None  # scorer mode for mcq/bbh/refusal (voicebench | robust)
+    scorer: str | None = None  # override the task's scorer
+    judge: JudgeConfig | None = None  # the 'open' scorer's judge; None = open tasks are not judged
+    rank: int = 0
+    world_size: int = 1
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "out_dir", Path(self.out_dir))
+        if self.data_dir is not None:
+            object.__setattr__(self, "data_dir", Path(self.data_dir))
+        if self.mcq_mode not in MCQ_MODES:
+            raise XkdError(f"--mcq-mode must be one of {', '.join(MCQ_MODES)}, got {self.mcq_mode!r}")
+        if self.batch_size < 1:
+            raise XkdError("--batch-size must be >= 1")
+
+    @classmethod
+    def sharded_from_env(cls, **kwargs: Any) -> RunConfig:
+        """Rank and world size from torchrun/accelerate's environment (RANK, WORLD_SIZE)."""
+        rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+        return cls(rank=rank, world_size=world, **kwargs)
+
+
+@dataclass
+class TaskRun:
+    spec: TaskSpec
+    loaded: LoadedTask
+    scorer: ScorerSpec
+
+    @property
+    def items(self) -> tuple[Item, ...]:
+        return self.loaded.items
+
+
+def prepare_tasks(names: Sequence[str], config: RunConfig) -> list[TaskRun]:
+    from xkd_eval.tasks import get_task
+
+    runs = []
+    for name in names:
+        spec = get_task(name)
+        loaded = spec.load(config.data_dir, limit=config.limit)
+        for problem in loaded.problems:
+            log.warning("%s: %s: %s", name, problem.where, problem.reason)
+        if not loaded.items:
+            raise XkdError(f"task {name} has no items")
+        scorer_name = config.scorer or spec.scorer
+        if scorer_name == "auto":
+            scorer_name = loaded.items[0].scorer or "qa"
+        runs.append(TaskRun(spec, loaded, SCORERS.get(scorer_name)))
+    return runs
+
+
+def check_speech_ready(runs: Sequence[TaskRun]) -> None:
+    """A speech arm on a task without audio is an error before any work starts."""
+    for run in runs:
+        if not run.loaded.has_audio:
+            raise XkdError(f"task {run.spec.name} has no audio, so it has no speech arm; run `forgetting` on it")
+
+
+def _shard(items: Sequence[Item], config: RunConfig) -> list[Item]:
+    return list(items[config.rank :: config.world_size])
+
+
+def _query_text(item: Item, modality: str, options: OptionSet | None) -> str:
+    if modality == "speech":
+        return str(item.metadata.get("speech_instruction") or SPEECH_INSTRUCTION)
+    return options.written_query if options else item.prompt
+
+
+Progress = Callable[[int], None]
+
+
+def run_arm(
+    model: ModelAdapter,
+    model_name: str,
+    arm: str,
+    run: TaskRun,
+    config: RunConfig,
+    *,
+    advance: Progress | None = None,
+) -> list[dict[str, Any]]:
+    """Answer this rank's share of a task in one arm; returns the per-item rows (cached or new)."""
+    modality = ARMS[arm][1]
+    store = ResultStore(config.out_dir / "results", model_name, run.spec.name, rank=config.rank)
+    items = _shard(run.items, config)
+    audio: dict[str, Any] = {}
+    failed: dict[str, str] = {}
+    if modality == "speech":
+        model.check_can_take_audio()
+        audio, failures = load_all_audio(items)
+        failed = {f.item_id: f.reason for f in failures}
+
+    identity = model.identity()
+    pending: list[tuple[Item, Query, OptionSet | None, str, str]] = []
+    rows: list[dict[str, Any]] = []
+    for item in items:
+        if item.id in failed:
+            rows.append(_error_row(run, item, arm, model_name, failed[item.id], config))
+            continue
+        options = option_set(item, run.scorer.name, config.mcq_mode)
+        query = Query(item.id, _query_text(item, modality, options), audio.get(item.id))
+        prompt = model.render_prompt(query)
+        key = result_key(
+            model=identity, task=run.spec.name, item=item.id, modality=modality, prompt=prompt,
+            settings=config.settings.record(), mcq_mode=config.mcq_mode if options else "generate",
+            continuations=options.continuations if options else None,
+        )  # fmt: skip
+        if key in store:
+            rows.append(_row(run, item, arm, model_name, store.get(key), config))
+            if advance:
+                advance(1)
+        else:
+            pending.append((item, query, options, prompt, key))
+
+    # longest first: similar lengths share a batch, and a memory error shows up at once
+    pending.sort(key=lambda p: -(p[1].audio.size if p[1].audio is not None else len(p[3])))
+    for start in range(0, len(pending), config.batch_size):
+        batch = pending[start : start + config.batch_size]
+        records = _answer_batch(model, batch, config, identity)
+        store.append(r for r in records if r.get("error") is None)
+        for (item, *_), record in zip(batch, records, strict=True):
+            rows.append(_row(run, item, arm, model_name, record, config))
+        if advance:
+            advance(len(batch))
+    return rows
+
+
+def _answer_batch(model: ModelAdapter, batch, config: RunConfig, identity) -> list[dict[str, Any]]:
+    """Answer a batch; if it fails, answer item by item so one bad item does not sink the rest."""
+    try:
+        return _answer(model, batch, config, identity)
+    except Exception as exc:  # any model failure: isolate it
+        if len(batch) == 1:
+            item, query, options, prompt, key = batch[0]
+            log.warning("item %s failed: %s", item.id, exc)
+            return [{"key": key, "item_id": item.id, "prompt": prompt, "error": f"{type(exc).__name__}: {exc}"}]
+        return [r for one in batch for r in _answer_batch(model, [one], config, identity)]
+
+
+def _answer(model: ModelAdapter, batch, config: RunConfig, identity) -> list[dict[str, Any]]:
+    started = time.perf_counter()
+    ranked = [b for b in batch if b[2] is not None]
+    free = [b for b in batch if b[2] is None]
+    answers: dict[str, dict[str, Any]] = {}
+    if free:
+        responses = model.generate([b[1] for b in free], config.settings)
+        for (item, *_), response in zip(free, responses, strict=True):
+            answers[item.id] = {"response": response, "mcq_mode": "generate"}
+    if ranked:
+        queries, continuations = [], []
+        for _, query, options, _, _ in ranked:
+            queries.extend([query] * len(options.continuations))
+            continuations.extend(options.continuations)
+        logprobs = model.continuation_logprobs(queries, continuations)
+        at = 0
+        for item, _, options, _, _ in ranked:
+            scores = logprobs[at : at + len(options.continuations)]
+            at += len(options.continuations)
+            best = max(range(len(scores)), key=scores.__getitem__)
+            answers[item.id] = {
+                "response": options.labels[best],
+                "mcq_mode": config.mcq_mode,
+                "option_logprobs": dict(zip(options.labels, scores, strict=True)),
+            }
+    latency = (time.perf_counter() - started) / len(batch)
+    return [
+        {"key": key, "item_id": item.id, "prompt": prompt, "latency_s": latency, "model": identity, **answers[item.id]}
+        for item, _, _, prompt, key in batch
+    ]
+
+
+def score_response(scorer: ScorerSpec, item: Item, response: str, config: RunConfig) -> Score:
+    if scorer.name == "open":
+        if config.judge is None:  # judging is opt-in: no endpoint, no HTTP calls
+            return Score(value=None, details={"judge_error": "no judge configured (--judge-url)"})
+        return scorer.score(item, response, judge=config.judge)
+    return scorer.score(item, response, compat=config.compat)
+
+
+def _breakdown_values(run: TaskRun, item: Item) -> dict[str, Any]:
+    return {key: item.metadata.get(key) for key in run.spec.breakdowns}
+
+
+def _row(run: TaskRun, item: Item, arm: str, model_name: str, record: dict[str, Any], config: RunConfig):
+    if record.get("error"):
+        return _error_row(run, item, arm, model_name, record["error"], config, prompt=record.get("prompt"))
+    score = score_response(run.scorer, item, record["response"], config)
+    return {
+        "task": run.spec.name, "item_id": item.id, "arm": arm, "model": model_name,
+        "response": record["response"], "extracted": score.extracted, "correct": score.correct,
+        "score": score.value, "extraction_failed": score.failed, "error": None,
+        "scorer": run.scorer.name, "binary": run.scorer.binary, "mcq_mode": record.get("mcq_mode", "generate"),
+        "prompt": record["prompt"], "latency_s": record.get("latency_s"),
+        **_breakdown_values(run, item),
+    }  # fmt: skip
+
+
+def _error_row(run: TaskRun, item: Item, arm: str, model_name: str, error: str, config: RunConfig, prompt=None):
+    return {
+        "task": run.spec.name, "item_id": item.id, "arm": arm, "model": model_name,
+        "response": None, "extracted": None, "correct": None, "score": None, "extraction_failed": False,
+        "error": error, "scorer": run.scorer.name, "binary": run.scorer.binary,
+        "mcq_mode": config.mcq_mode, "prompt": prompt, "latency_s": None,
+        **_breakdown_values(run, item),
+    }  # fmt: skip
+
+
+def release(model: ModelAdapter | None) -> None:
+    """Free a model's memory before the next one loads."""
+    if model is None:
+        return
+    del model
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def with_rank(config: RunConfig, rank: int, world_size: int) -> RunConfig:
+    return replace(config, rank=rank, world_size=world_size)

@@ -1,0 +1,174 @@
+"""One measurement end to end: tasks x arms x models -> per-item table, summary.json, report."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from xkd_eval.errors import XkdError
+from xkd_eval.io import atomic_write_text
+from xkd_eval.runner.core import ARMS, RunConfig, TaskRun, check_speech_ready, prepare_tasks, release, run_arm
+
+log = logging.getLogger(__name__)
+
+
+def _speech_capable(spec: str) -> bool | None:
+    """Whether the model can hear, decided without loading it (None: only loading can tell)."""
+    from xkd_eval.models import NAMED_MODELS, adapter_class, resolve_adapter
+
+    if spec in NAMED_MODELS:
+        return None
+    adapter, _ = resolve_adapter(spec)
+    return adapter_class(adapter).supports_audio
+
+
+def _progress():
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=False
+    )
+
+
+def measure(
+    *,
+    model: str,
+    base: str | None,
+    tasks: Sequence[str],
+    arms: Sequence[str],
+    config: RunConfig,
+    diagnostics: Sequence[str] = (),
+    model_options: dict[str, Any] | None = None,
+) -> Path | None:
+    """Run the arms, then (on rank 0) write items.parquet/csv, summary.json, report.md and plots.
+
+    Returns the output folder on rank 0 and None on other ranks.
+    """
+    from xkd_eval.models import load_model
+
+    unknown = [a for a in arms if a not in ARMS]
+    if unknown:
+        raise XkdError(f"unknown arm(s) {unknown}; arms are {', '.join(ARMS)}")
+    if "base_text" in arms and not base:
+        raise XkdError("the base_text arm needs --base")
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    runs = prepare_tasks(tasks, config)
+    if "slm_speech" in arms:
+        check_speech_ready(runs)
+        if _speech_capable(model) is False:
+            raise XkdError(
+                f"model {model} cannot take audio, so it has no speech arm (use `forgetting`, or a speech LLM)"
+            )
+    timings["load tasks"] = time.perf_counter() - started
+
+    rows: list[dict[str, Any]] = []
+    options = model_options or {}
+    with _progress() as progress:
+        for role, spec in (("base", base), ("slm", model)):
+            role_arms = [a for a in arms if ARMS[a][0] == role]
+            if not role_arms or spec is None:
+                continue
+            t0 = time.perf_counter()
+            adapter = load_model(spec, **options)
+            timings[f"load {role} model"] = time.perf_counter() - t0
+            for run in runs:
+                for arm in role_arms:
+                    share = len(run.items[config.rank :: config.world_size])
+                    bar = progress.add_task(f"{arm:<10} {run.spec.name}", total=share)
+                    t0 = time.perf_counter()
+                    rows += run_arm(adapter, spec, arm, run, config, advance=lambda n, b=bar: progress.advance(b, n))
+                    timings[f"{arm} {run.spec.name}"] = time.perf_counter() - t0
+            release(adapter)
+            del adapter
+
+    out = Path(config.out_dir)
+    if config.world_size > 1:
+        rows = _gather(rows, out, config)
+        if rows is None:
+            return None
+    diag = _kl(model, base, runs, rows, config, options) if "kl" in diagnostics else None
+    return write_outputs(rows, runs, model=model, base=base, config=config, timings=timings, diagnostics=diag)
+
+
+def _gather(rows: list[dict[str, Any]], out: Path, config: RunConfig, timeout_s: float = 3600) -> list | None:
+    """File-based merge across ranks: each rank writes its rows; rank 0 waits for all, then merges."""
+    shards = out / "shards"
+    shards.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(shards / f"rows.r{config.rank}.json", json.dumps(rows, default=str))
+    if config.rank != 0:
+        return None
+    expected = [shards / f"rows.r{r}.json" for r in range(config.world_size)]
+    deadline = time.monotonic() + timeout_s
+    while not all(p.exists() for p in expected):
+        if time.monotonic() > deadline:
+            missing = [p.name for p in expected if not p.exists()]
+            raise XkdError(
+                f"rank 0 waited {timeout_s:.0f}s for {missing}; rerun the missing ranks (results are cached)"
+            )
+        time.sleep(0.5)
+    merged: list[dict[str, Any]] = []
+    for path in expected:
+        merged += json.loads(path.read_text())
+    return merged
+
+
+def _kl(model: str, base: str | None, runs: list[TaskRun], rows, config: RunConfig, options) -> dict[str, Any]:
+    from xkd_eval.audio import load_all_audio
+    from xkd_eval.models import load_model
+    from xkd_eval.runner.diagnostics import check_same_vocabulary, kl_diagnostics
+
+    slm = load_model(model, **options)
+    base_model = load_model(base, **options) if base else None
+    if base_model is not None:
+        check_same_vocabulary(base_model, slm)
+    source_arm = "base_text" if base else "slm_text"
+    by_key = {(r["task"], r["item_id"], r["arm"]): r for r in rows}
+    result: dict[str, Any] = {}
+    for run in runs:
+        items = list(run.items)
+        responses = []
+        for item in items:
+            row = by_key.get((run.spec.name, item.id, source_arm))
+            response = row["response"] if row and row.get("response") else None
+            if response is None or row.get("mcq_mode") != "generate":
+                response = item.reference  # ranked options are not free text: use the reference
+            responses.append(response or "")
+        audio, _ = load_all_audio(items) if slm.supports_audio and run.loaded.has_audio else ({}, [])
+        result[run.spec.name] = kl_diagnostics(slm, base_model, items, responses, audio, batch_size=config.batch_size)
+        result[run.spec.name]["targets"] = f"{source_arm} responses (references where none)"
+    release(slm)
+    release(base_model)
+    return result
+
+
+def write_outputs(rows, runs, *, model, base, config: RunConfig, timings, diagnostics=None) -> Path:
+    import pandas as pd
+    from xkd_eval.report import write_report
+
+    from xkd_eval.analysis import build_summary, write_tables
+
+    out = Path(config.out_dir)
+    t0 = time.perf_counter()
+    table = pd.DataFrame(rows)
+    breakdowns = {run.spec.name: list(run.spec.breakdowns) for run in runs}
+    summary = build_summary(table, model=model, base=base, breakdowns=breakdowns)
+    summary["settings"] = {
+        "generation": config.settings.record(),
+        "mcq_mode": config.mcq_mode,
+        "compat": config.compat,
+        "batch_size": config.batch_size,
+        "limit": config.limit,
+        "world_size": config.world_size,
+    }
+    if diagnostics:
+        summary["diagnostics"] = {"kl": diagnostics}
+    write_tables(table, out, summary)
+    write_report(out)
+    timings["write outputs"] = time.perf_counter() - t0
+    atomic_write_text(out / "timings.json", json.dumps(timings, indent=2))
+    return out

@@ -1,0 +1,101 @@
+"""Append-only result files: finished work is never recomputed, and a crash loses at most the batch
+in flight.
+
+One JSON object per line, each with a ``key`` that hashes everything the result depends on (model
+identity and revision, task, item, input modality, the exact rendered prompt, decoding settings,
+MCQ mode). Lines are appended and fsync'ed batch by batch; a torn or corrupt line (a ``kill -9``
+mid-write) is dropped with a warning the next time the file is opened, before anything is appended.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from xkd_eval.io import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+
+def result_key(**parts: Any) -> str:
+    blob = json.dumps(parts, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:24]
+
+
+def slug(text: str) -> str:
+    """A readable file name for a model or task name, unique through a short hash suffix."""
+    readable = re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")[-60:]
+    return f"{readable}-{hashlib.sha1(text.encode()).hexdigest()[:8]}"
+
+
+class ResultStore:
+    """Results of one model on one task; each process (rank) appends to its own file."""
+
+    def __init__(self, root: str | os.PathLike, model: str, task: str, *, rank: int = 0) -> None:
+        self.folder = Path(root) / slug(model)
+        self.prefix = slug(task)
+        self.path = self.folder / f"{self.prefix}.r{rank}.jsonl"
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._records: dict[str, dict[str, Any]] = {}
+        for path in sorted(self.folder.glob(f"{self.prefix}.r*.jsonl")):
+            for record in self._read(path, repair=path == self.path):
+                self._records.setdefault(record["key"], record)
+
+    @staticmethod
+    def _read(path: Path, *, repair: bool) -> list[dict[str, Any]]:
+        text = path.read_text(encoding="utf-8", errors="replace")
+        good: list[dict[str, Any]] = []
+        good_lines: list[str] = []
+        dropped = 0
+        lines = text.split("\n")
+        complete, tail = lines[:-1], lines[-1]
+        for line in complete:
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                if not isinstance(record, dict) or "key" not in record:
+                    raise ValueError("not a result record")
+            except ValueError:
+                dropped += 1
+                continue
+            good.append(record)
+            good_lines.append(line)
+        if tail.strip():
+            dropped += 1  # no trailing newline: the write was cut off
+        if dropped:
+            log.warning("%s: dropped %d corrupt or incomplete line(s); those items will be redone", path, dropped)
+            if repair:
+                atomic_write_text(path, "".join(line + "\n" for line in good_lines))
+        return good
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._records
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        return self._records.get(key)
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def records(self) -> list[dict[str, Any]]:
+        return list(self._records.values())
+
+    def append(self, records: Iterable[dict[str, Any]]) -> None:
+        """Write a batch durably: one write, flushed and fsync'ed, before the call returns."""
+        records = [r for r in records if r["key"] not in self._records]
+        if not records:
+            return
+        payload = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        for record in records:
+            self._records[record["key"]] = record

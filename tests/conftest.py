@@ -147,3 +147,35 @@ def mmau_dir(tmp_path) -> Path:
         )
     (tmp_path / "mmau-test-mini.json").write_text(json.dumps(records))
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def tiny_text(tmp_path_factory) -> Path:
+    from tiny_models import build_text_model
+
+    return build_text_model(tmp_path_factory.mktemp("tiny_text"))
+
+
+@pytest.fixture(scope="session")
+def tiny_slm(tmp_path_factory) -> Path:
+    from tiny_models import build_qwen2_audio
+
+    return build_qwen2_audio(tmp_path_factory.mktemp("tiny_slm"))
+
+
+@pytest.fixture(scope="session")
+def mcq_task(tmp_path_factory) -> Path:
+    """A JSONL task: 4-option questions with spoken versions of mixed lengths, one with broken audio."""
+    import soundfile as sf
+
+    root = tmp_path_factory.mktemp("mcq_task")
+    (root / "audio").mkdir()
+    lines = []
+    for i in range(10):
+        sf.write(root / "audio" / f"{i}.wav", tone(0.3 + 0.25 * i, rate=16_000, seed=i), 16_000)
+        prompt = f"Question {i}: which is a mammal?\nA. shark\nB. whale\nC. trout\nD. squid"
+        lines.append({"id": f"q{i}", "prompt": prompt, "audio": f"audio/{i}.wav", "reference": "B", "domain": "zoo"})
+    (root / "audio" / "9.wav").write_bytes(b"RIFF broken")
+    path = root / "mcq.jsonl"
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    return path

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -11,9 +10,6 @@ import time
 from pathlib import Path
 
 import pytest
-import soundfile as sf
-from conftest import tone
-from tiny_models import build_qwen2_audio, build_text_model
 
 from xkd_eval.errors import XkdError
 from xkd_eval.models import GenerationSettings, load_model
@@ -21,32 +17,6 @@ from xkd_eval.runner.core import RunConfig, prepare_tasks, run_arm
 from xkd_eval.runner.store import ResultStore
 
 SETTINGS = GenerationSettings(max_new_tokens=4)
-
-
-@pytest.fixture(scope="session")
-def tiny_text(tmp_path_factory) -> Path:
-    return build_text_model(tmp_path_factory.mktemp("tiny_text"))
-
-
-@pytest.fixture(scope="session")
-def tiny_slm(tmp_path_factory) -> Path:
-    return build_qwen2_audio(tmp_path_factory.mktemp("tiny_slm"))
-
-
-@pytest.fixture(scope="session")
-def mcq_task(tmp_path_factory) -> Path:
-    """A JSONL task: 4-option questions with spoken versions of mixed lengths, one with broken audio."""
-    root = tmp_path_factory.mktemp("mcq_task")
-    (root / "audio").mkdir()
-    lines = []
-    for i in range(10):
-        sf.write(root / "audio" / f"{i}.wav", tone(0.3 + 0.25 * i, rate=16_000, seed=i), 16_000)
-        prompt = f"Question {i}: which is a mammal?\nA. shark\nB. whale\nC. trout\nD. squid"
-        lines.append({"id": f"q{i}", "prompt": prompt, "audio": f"audio/{i}.wav", "reference": "B", "domain": "zoo"})
-    (root / "audio" / "9.wav").write_bytes(b"RIFF broken")
-    path = root / "mcq.jsonl"
-    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
-    return path
 
 
 def config(tmp_path, **overrides) -> RunConfig:
@@ -120,7 +90,9 @@ run_arm(load_model(model_dir), "m", "base_text", run, config)
 
 def test_kill_9_loses_at_most_the_batch_in_flight(tiny_text, mcq_task, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
-    process = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(tmp_path), str(tiny_text), str(mcq_task)], env=env)
+    process = subprocess.Popen(
+        [sys.executable, "-c", KILL_SCRIPT, str(tmp_path), str(tiny_text), str(mcq_task)], env=env
+    )
     files = tmp_path / "results"
     deadline = time.monotonic() + 120
     done_before_kill = 0

@@ -25,7 +25,7 @@ CORPUS = [
 ]
 
 
-def build_tokenizer(save_dir: Path | None = None):
+def build_tokenizer(save_dir: Path | None = None, corpus: list[str] | None = None):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -38,7 +38,7 @@ def build_tokenizer(save_dir: Path | None = None):
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    core.train_from_iterator(CORPUS * 4, trainer)
+    core.train_from_iterator((corpus or CORPUS) * 4, trainer)
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=core,
         eos_token="<|im_end|>",
@@ -62,11 +62,11 @@ def llama_config(vocab_size: int, **overrides):
     return LlamaConfig(**values)
 
 
-def build_text_model(save_dir: Path, seed: int = 0) -> Path:
+def build_text_model(save_dir: Path, seed: int = 0, corpus: list[str] | None = None) -> Path:
     import torch
     from transformers import LlamaForCausalLM
 
-    tokenizer = build_tokenizer(save_dir)
+    tokenizer = build_tokenizer(save_dir, corpus)
     torch.manual_seed(seed)
     config = llama_config(len(tokenizer), eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     LlamaForCausalLM(config).save_pretrained(save_dir)

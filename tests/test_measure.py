@@ -1,0 +1,114 @@
+"""`forgetting`, `gap` and `report` end to end on tiny real models, sharded runs, KL diagnostics."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from tiny_models import CORPUS, build_text_model
+from typer.testing import CliRunner
+
+from xkd_eval.cli import app
+
+runner = CliRunner()
+
+
+def gap_args(tiny_slm, tiny_text, mcq_task, out) -> list[str]:
+    return [
+        "gap", "--model", str(tiny_slm), "--base", f"hf-text:{tiny_text}", "--task", f"jsonl:{mcq_task}",
+        "--out", str(out), "--mcq-mode", "letter", "--max-new-tokens", "4", "--batch-size", "4",
+    ]  # fmt: skip
+
+
+def test_gap_with_base_writes_the_three_arm_decomposition(tiny_slm, tiny_text, mcq_task, tmp_path):
+    out = tmp_path / "run"
+    result = runner.invoke(app, [*gap_args(tiny_slm, tiny_text, mcq_task, out), "--diagnostics", "kl"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    [task] = summary["tasks"]
+    arms = task["arms"]
+    assert set(arms) == {"base_text", "slm_text", "slm_speech"}
+    assert task["n"] == 9  # the item with broken audio is excluded from every arm
+    total = arms["base_text"]["score"] - arms["slm_speech"]["score"]
+    assert total == pytest.approx(task["forgetting"]["delta"] + task["gap"]["delta"], abs=1e-9)
+    assert task["forgetting"]["delta"] == pytest.approx(arms["base_text"]["score"] - arms["slm_text"]["score"])
+    kl = summary["diagnostics"]["kl"][task["task"]]
+    assert kl["kl_base_text_slm_text"] >= 0 and kl["kl_slm_text_slm_speech"] >= 0
+    assert summary["settings"]["mcq_mode"] == "letter"
+    for name in ("items.parquet", "items.csv", "report.md", "scores.png", "deltas.png"):
+        assert (out / name).is_file(), name
+    report = (out / "report.md").read_text()
+    assert "letter" in report
+
+    import pandas as pd
+
+    items = pd.read_parquet(out / "items.parquet")
+    assert {"task", "item_id", "arm", "response", "extracted", "score", "error"} <= set(items.columns)
+    assert len(items) == 30 and items["error"].notna().sum() == 1
+
+    # the report is rebuilt from saved results alone, and two runs compare side by side
+    assert runner.invoke(app, ["report", str(out)]).exit_code == 0
+    compared = runner.invoke(app, ["report", str(out), str(out), "--out", str(tmp_path / "cmp")])
+    assert compared.exit_code == 0, compared.output
+
+
+def test_forgetting_rerun_is_cached_and_identical(tiny_slm, tiny_text, mcq_task, tmp_path):
+    args = [
+        "forgetting", "--model", str(tiny_slm), "--base", str(tiny_text), "--task", f"jsonl:{mcq_task}",
+        "--out", str(tmp_path), "--max-new-tokens", "3",
+    ]  # fmt: skip
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    before = json.loads((tmp_path / "summary.json").read_text())
+    assert set(before["tasks"][0]["arms"]) == {"base_text", "slm_text"} and "gap" not in before["tasks"][0]
+    second = runner.invoke(app, args)
+    assert second.exit_code == 0
+    assert json.loads((tmp_path / "summary.json").read_text())["tasks"] == before["tasks"]
+
+
+def test_bad_inputs_fail_before_any_work(tiny_text, tiny_slm, mcq_task, tmp_path):
+    text_only = runner.invoke(
+        app, ["gap", "--model", str(tiny_text), "--task", f"jsonl:{mcq_task}", "--out", str(tmp_path)]
+    )
+    assert text_only.exit_code == 2 and "cannot take audio" in text_only.output
+    no_audio = tmp_path / "text.jsonl"
+    no_audio.write_text(json.dumps({"id": "1", "prompt": "Hi", "reference": "A"}) + "\n")
+    result = runner.invoke(
+        app, ["gap", "--model", str(tiny_slm), "--task", f"jsonl:{no_audio}", "--out", str(tmp_path)]
+    )
+    assert result.exit_code == 2 and "has no audio" in result.output
+    unknown = runner.invoke(app, ["gap", "--model", "qwen2-audoi:x", "--task", "mmau-mini", "--out", str(tmp_path)])
+    assert unknown.exit_code == 2 and "qwen2-audio" in unknown.output
+    task = runner.invoke(app, ["gap", "--model", str(tiny_slm), "--task", "voicebench/mmsus", "--out", str(tmp_path)])
+    assert task.exit_code == 2 and "voicebench/mmsu" in task.output
+    assert not (tmp_path / "results").exists()
+
+
+def test_kl_refuses_different_vocabularies(tiny_slm, mcq_task, tmp_path):
+    other = build_text_model(tmp_path / "other", corpus=list(reversed(CORPUS)) + ["zebra quokka xylophone"])
+    args = gap_args(tiny_slm, other, mcq_task, tmp_path / "run")
+    result = runner.invoke(app, [*args, "--diagnostics", "kl"])
+    assert result.exit_code == 2 and "map tokens to ids differently" in result.output
+
+
+def test_two_processes_share_the_items_and_rank_0_merges(tiny_slm, tiny_text, mcq_task, tmp_path):
+    out = tmp_path / "sharded"
+    command = [sys.executable, "-m", "xkd_eval.cli", *gap_args(tiny_slm, tiny_text, mcq_task, out)]
+    processes = [
+        subprocess.Popen(command, env={**os.environ, "RANK": str(rank), "WORLD_SIZE": "2"}, stdout=subprocess.PIPE)
+        for rank in (0, 1)
+    ]
+    for process in processes:
+        process.communicate(timeout=300)
+        assert process.returncode == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["tasks"][0]["n"] == 9 and summary["settings"]["world_size"] == 2
+    slm_results = next(p for p in (out / "results").iterdir() if "tiny_slm" in p.name)
+    per_rank = {p.name.rsplit(".", 2)[1]: p.read_text().count("\n") for p in slm_results.glob("*.jsonl")}
+    assert set(per_rank) == {"r0", "r1"} and sum(per_rank.values()) == 19  # 10 text + 9 speech, split by rank
+    single = tmp_path / "single"
+    assert runner.invoke(app, gap_args(tiny_slm, tiny_text, mcq_task, single)).exit_code == 0
+    assert json.loads((single / "summary.json").read_text())["tasks"] == summary["tasks"]

@@ -243,3 +243,7 @@ def main() -> None:  # pragma: no cover - console entry
     except XkdError as exc:
         typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
         sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

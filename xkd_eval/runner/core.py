@@ -84,7 +84,16 @@ def prepare_tasks(names: Sequence[str], config: RunConfig) -> list[TaskRun]:
     runs = []
     for name in names:
         spec = get_task(name)
-        loaded = spec.load(config.data_dir, limit=config.limit)
+        try:
+            loaded = spec.load(config.data_dir, limit=config.limit)
+        except XkdError:
+            raise
+        except Exception as exc:  # hub unreachable, dataset missing: one line, and what to do
+            where = f"--data-dir {config.data_dir}" if config.data_dir else "the hub (offline?)"
+            raise XkdError(
+                f"cannot load task {name} from {where}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}; "
+                "pass --data-dir with a local copy in the hub's layout"
+            ) from exc
         for problem in loaded.problems:
             log.warning("%s: %s: %s", name, problem.where, problem.reason)
         if not loaded.items:

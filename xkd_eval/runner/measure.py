@@ -55,12 +55,13 @@ def measure(
         raise XkdError(f"unknown arm(s) {unknown}; arms are {', '.join(ARMS)}")
     if "base_text" in arms and not base:
         raise XkdError("the base_text arm needs --base")
+    speech_capable = {spec: _speech_capable(spec) for spec in (model, base) if spec}  # unknown names fail here
     timings: dict[str, float] = {}
     started = time.perf_counter()
     runs = prepare_tasks(tasks, config)
     if "slm_speech" in arms:
         check_speech_ready(runs)
-        if _speech_capable(model) is False:
+        if speech_capable[model] is False:
             raise XkdError(
                 f"model {model} cannot take audio, so it has no speech arm (use `forgetting`, or a speech LLM)"
             )
@@ -148,9 +149,9 @@ def _kl(model: str, base: str | None, runs: list[TaskRun], rows, config: RunConf
 
 def write_outputs(rows, runs, *, model, base, config: RunConfig, timings, diagnostics=None) -> Path:
     import pandas as pd
-    from xkd_eval.report import write_report
 
     from xkd_eval.analysis import build_summary, write_tables
+    from xkd_eval.report import write_report
 
     out = Path(config.out_dir)
     t0 = time.perf_counter()

@@ -112,3 +112,32 @@ def test_two_processes_share_the_items_and_rank_0_merges(tiny_slm, tiny_text, mc
     single = tmp_path / "single"
     assert runner.invoke(app, gap_args(tiny_slm, tiny_text, mcq_task, single)).exit_code == 0
     assert json.loads((single / "summary.json").read_text())["tasks"] == summary["tasks"]
+
+
+def test_forgetting_on_an_lm_eval_task(tiny_slm, tiny_text, tmp_path):
+    from test_lmeval import DOCS_MODULE, MC_DOCS, MC_YAML
+
+    tasks = tmp_path / "lm_tasks"
+    tasks.mkdir()
+    (tasks / "docs.py").write_text(DOCS_MODULE)
+    (tasks / "mc.json").write_text(json.dumps(MC_DOCS))
+    (tasks / "xkd_mc.yaml").write_text(MC_YAML)
+    out = tmp_path / "run"
+    args = [
+        "forgetting", "--model", str(tiny_slm), "--base", str(tiny_text), "--task", "lm-eval/xkd_mc",
+        "--lm-eval-include", str(tasks), "--out", str(out),
+    ]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    [task] = json.loads((out / "summary.json").read_text())["tasks"]
+    assert task["task"] == "lm-eval/xkd_mc" and task["n"] == len(MC_DOCS)
+    assert set(task["arms"]) == {"base_text", "slm_text"} and "forgetting" in task
+    # cached: the rerun asks lm-eval nothing
+    import xkd_eval.lmeval as lmeval
+
+    original = lmeval.run_lm_eval_task
+    lmeval.run_lm_eval_task = lambda *a, **k: pytest.fail("lm-eval ran again")
+    try:
+        assert runner.invoke(app, args).exit_code == 0
+    finally:
+        lmeval.run_lm_eval_task = original

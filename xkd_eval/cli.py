@@ -88,12 +88,15 @@ CompatOpt = Annotated[Compat | None, typer.Option(help="mcq/bbh/refusal scoring:
 JudgeUrlOpt = Annotated[str | None, typer.Option(help="OpenAI-compatible judge endpoint for open-ended tasks.")]
 JudgeModelOpt = Annotated[str, typer.Option(help="Judge model name.")]
 DiagOpt = Annotated[list[str], typer.Option("--diagnostics", help="Extra judge-free diagnostics: kl.")]
+LmEvalIncludeOpt = Annotated[
+    Path | None, typer.Option(help="Folder of extra lm-eval task YAMLs for lm-eval/<task> (its --include_path).")
+]
 DeviceOpt = Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda if available).")]
 
 
 def _measure(
     *, model, base, tasks, arms, out, limit, data_dir, mcq_mode, batch_size, max_new_tokens, compat,
-    judge_url, judge_model, diagnostics, device,
+    judge_url, judge_model, diagnostics, device, lm_eval_include=None,
 ) -> None:  # fmt: skip
     from xkd_eval.models.base import GenerationSettings
     from xkd_eval.runner.core import RunConfig
@@ -113,6 +116,7 @@ def _measure(
             data_dir=data_dir,
             compat=compat.value if compat else None,
             judge=JudgeConfig(base_url=judge_url, model=judge_model) if judge_url else None,
+            lm_eval_include=lm_eval_include,
         )
         written = measure(
             model=model, base=base, tasks=tasks, arms=arms, config=config, diagnostics=diagnostics,
@@ -173,12 +177,13 @@ def forgetting(
     judge_model: JudgeModelOpt = "gpt-4o-mini",
     diagnostics: DiagOpt = [],  # noqa: B006 - typer reads the default
     device: DeviceOpt = None,
+    lm_eval_include: LmEvalIncludeOpt = None,
 ) -> None:
     """Catastrophic forgetting: the speech LLM and its base LLM on the same written queries."""
     _measure(
         model=model, base=base, tasks=task, arms=["base_text", "slm_text"], out=out, limit=limit, data_dir=data_dir,
         mcq_mode=mcq_mode, batch_size=batch_size, max_new_tokens=max_new_tokens, compat=compat, judge_url=judge_url,
-        judge_model=judge_model, diagnostics=diagnostics, device=device,
+        judge_model=judge_model, diagnostics=diagnostics, device=device, lm_eval_include=lm_eval_include,
     )  # fmt: skip
 
 

@@ -48,6 +48,7 @@ class RunConfig:
     compat: str | None = None  # scorer mode for mcq/bbh/refusal (voicebench | robust)
     scorer: str | None = None  # override the task's scorer
     judge: JudgeConfig | None = None  # the 'open' scorer's judge; None = open tasks are not judged
+    lm_eval_include: Path | None = None  # folder of extra lm-eval task YAMLs (lm-eval's --include_path)
     rank: int = 0
     world_size: int = 1
 
@@ -67,15 +68,33 @@ class RunConfig:
         return cls(rank=rank, world_size=world, **kwargs)
 
 
+# metadata keys a report breaks scores down by, when a user task carries them
+BREAKDOWN_KEYS = ("domain", "accent", "subtask", "category", "difficulty", "speaker", "mmau_task", "sub_category")
+
+
 @dataclass
 class TaskRun:
     spec: TaskSpec
     loaded: LoadedTask
-    scorer: ScorerSpec
+    scorer: ScorerSpec | None  # None: lm-eval scores the task itself
+    breakdowns: tuple[str, ...] = ()
 
     @property
     def items(self) -> tuple[Item, ...]:
         return self.loaded.items
+
+    @property
+    def is_lm_eval(self) -> bool:
+        return self.scorer is None
+
+
+def infer_breakdowns(items: Sequence[Item]) -> tuple[str, ...]:
+    keys = []
+    for key in BREAKDOWN_KEYS:
+        values = {item.metadata.get(key) for item in items} - {None}
+        if 1 < len(values) <= 40:
+            keys.append(key)
+    return tuple(keys)
 
 
 def prepare_tasks(names: Sequence[str], config: RunConfig) -> list[TaskRun]:
@@ -84,6 +103,9 @@ def prepare_tasks(names: Sequence[str], config: RunConfig) -> list[TaskRun]:
     runs = []
     for name in names:
         spec = get_task(name)
+        if spec.scorer == "lm-eval":
+            runs.append(TaskRun(spec, LoadedTask(spec.name, ()), None))
+            continue
         try:
             loaded = spec.load(config.data_dir, limit=config.limit)
         except XkdError:
@@ -101,14 +123,15 @@ def prepare_tasks(names: Sequence[str], config: RunConfig) -> list[TaskRun]:
         scorer_name = config.scorer or spec.scorer
         if scorer_name == "auto":
             scorer_name = loaded.items[0].scorer or "qa"
-        runs.append(TaskRun(spec, loaded, SCORERS.get(scorer_name)))
+        breakdowns = spec.breakdowns or infer_breakdowns(loaded.items)
+        runs.append(TaskRun(spec, loaded, SCORERS.get(scorer_name), breakdowns))
     return runs
 
 
 def check_speech_ready(runs: Sequence[TaskRun]) -> None:
     """A speech arm on a task without audio is an error before any work starts."""
     for run in runs:
-        if not run.loaded.has_audio:
+        if run.is_lm_eval or not run.loaded.has_audio:
             raise XkdError(f"task {run.spec.name} has no audio, so it has no speech arm; run `forgetting` on it")
 
 
@@ -137,6 +160,8 @@ def run_arm(
     """Answer this rank's share of a task in one arm; returns the per-item rows (cached or new)."""
     modality = ARMS[arm][1]
     store = ResultStore(config.out_dir / "results", model_name, run.spec.name, rank=config.rank)
+    if run.is_lm_eval:
+        return run_lm_eval_arm(model, model_name, arm, run, config, store, advance=advance)
     items = _shard(run.items, config)
     audio: dict[str, Any] = {}
     failed: dict[str, str] = {}
@@ -233,7 +258,44 @@ def score_response(scorer: ScorerSpec, item: Item, response: str, config: RunCon
 
 
 def _breakdown_values(run: TaskRun, item: Item) -> dict[str, Any]:
-    return {key: item.metadata.get(key) for key in run.spec.breakdowns}
+    return {key: item.metadata.get(key) for key in run.breakdowns}
+
+
+def run_lm_eval_arm(
+    model: ModelAdapter, model_name: str, arm: str, run: TaskRun, config: RunConfig, store: ResultStore, *, advance
+) -> list[dict[str, Any]]:
+    """An lm-eval task, run by lm-eval on rank 0. lm-eval has no per-item resume, so the whole task is
+    the unit of caching: its rows and a completion record are appended together."""
+    if config.rank != 0:
+        return []
+    done_key = result_key(model=model.identity(), task=run.spec.name, limit=config.limit, lm_eval="complete")
+    if done_key not in store:
+        from xkd_eval.lmeval import run_lm_eval_task
+
+        started = time.perf_counter()
+        rows = run_lm_eval_task(
+            model, run.spec.name, limit=config.limit, batch_size=config.batch_size, include_path=config.lm_eval_include
+        )
+        latency = (time.perf_counter() - started) / max(len(rows), 1)
+        records = [
+            {**{k: row.get(k) for k in ("item_id", "prompt", "response", "score", "correct", "extracted", "metric")},
+             "key": result_key(done=done_key, item=row["item_id"]), "latency_s": latency, "lm_eval_run": done_key}
+            for row in rows
+        ]  # fmt: skip
+        store.append([*records, {"key": done_key, "complete": True, "metric": rows.metric, "n": len(rows)}])
+    results = [r for r in store.records() if r.get("lm_eval_run") == done_key]
+    if advance:
+        advance(len(results))
+    return [
+        {
+            "task": run.spec.name, "item_id": r["item_id"], "arm": arm, "model": model_name,
+            "response": r["response"], "extracted": None if r["extracted"] is None else str(r["extracted"]),
+            "correct": r["correct"], "score": r["score"], "extraction_failed": False, "error": None,
+            "scorer": f"lm-eval:{r['metric']}", "binary": r["correct"] is not None, "mcq_mode": "lm-eval",
+            "prompt": r["prompt"], "latency_s": r["latency_s"],
+        }
+        for r in results
+    ]  # fmt: skip
 
 
 def _row(run: TaskRun, item: Item, arm: str, model_name: str, record: dict[str, Any], config: RunConfig):

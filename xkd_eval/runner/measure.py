@@ -79,7 +79,7 @@ def measure(
             timings[f"load {role} model"] = time.perf_counter() - t0
             for run in runs:
                 for arm in role_arms:
-                    share = len(run.items[config.rank :: config.world_size])
+                    share = len(run.items[config.rank :: config.world_size]) if not run.is_lm_eval else None
                     bar = progress.add_task(f"{arm:<10} {run.spec.name}", total=share)
                     t0 = time.perf_counter()
                     rows += run_arm(adapter, spec, arm, run, config, advance=lambda n, b=bar: progress.advance(b, n))
@@ -156,7 +156,7 @@ def write_outputs(rows, runs, *, model, base, config: RunConfig, timings, diagno
     out = Path(config.out_dir)
     t0 = time.perf_counter()
     table = pd.DataFrame(rows)
-    breakdowns = {run.spec.name: list(run.spec.breakdowns) for run in runs}
+    breakdowns = {run.spec.name: list(run.breakdowns) for run in runs}
     summary = build_summary(table, model=model, base=base, breakdowns=breakdowns)
     summary["settings"] = {
         "generation": config.settings.record(),

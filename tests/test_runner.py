@@ -115,3 +115,15 @@ def test_kill_9_loses_at_most_the_batch_in_flight(tiny_text, mcq_task, tmp_path)
     assert len(rows) == 10
     survived = len(ResultStore(tmp_path / "results", "m", run.spec.name))
     assert survived == 10 and sum(calls) <= 10 - done_before_kill
+
+
+def test_user_task_scorer_is_guessed_from_the_item_shape():
+    from xkd_eval.records import Item
+    from xkd_eval.runner.core import guess_scorer
+
+    assert guess_scorer([Item("1", "t", "Q?\nA. a\nB. b\nC. c\nD. d", ("B",))]) == "mcq"
+    assert guess_scorer([Item("1", "t", "Capital of France?", ("Paris",))]) == "qa"
+    assert guess_scorer([Item("1", "t", "Heard?", ("dog",), ("dog", "cat"))]) == "mmau"
+    assert guess_scorer([Item("1", "t", "Write", metadata={"instruction_id_list": ["x"]})]) == "ifeval"
+    assert guess_scorer([Item("1", "t", "Tell me a story")]) == "open"
+    assert guess_scorer([Item("1", "t", "Q", ("no",), scorer="bbh")]) == "bbh"

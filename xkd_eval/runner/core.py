@@ -88,6 +88,22 @@ class TaskRun:
         return self.scorer is None
 
 
+def guess_scorer(items: Sequence[Item]) -> str:
+    """A user task's scorer when its lines name none: from the shape of its first item."""
+    from xkd_eval.scoring.mcq import options_of
+
+    item = items[0]
+    if item.scorer:
+        return item.scorer
+    if "instruction_id_list" in item.metadata:
+        return "ifeval"
+    if item.choices and item.reference in item.choices:
+        return "mmau"
+    if (item.reference or "").strip("() ").upper() in ("A", "B", "C", "D") and len(options_of(item)) >= 2:
+        return "mcq"
+    return "qa" if item.references else "open"
+
+
 def infer_breakdowns(items: Sequence[Item]) -> tuple[str, ...]:
     keys = []
     for key in BREAKDOWN_KEYS:
@@ -122,7 +138,7 @@ def prepare_tasks(names: Sequence[str], config: RunConfig) -> list[TaskRun]:
             raise XkdError(f"task {name} has no items")
         scorer_name = config.scorer or spec.scorer
         if scorer_name == "auto":
-            scorer_name = loaded.items[0].scorer or "qa"
+            scorer_name = guess_scorer(loaded.items)
         breakdowns = spec.breakdowns or infer_breakdowns(loaded.items)
         runs.append(TaskRun(spec, loaded, SCORERS.get(scorer_name), breakdowns))
     return runs

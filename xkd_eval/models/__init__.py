@@ -32,8 +32,9 @@ MODEL_TYPES: dict[str, str] = {
     "audioflamingo3": "audioflamingo3",
 }
 
-# named models (registered by later layers, e.g. the embedded default): name -> factory(**options)
+# named models: name -> factory(**options), or a lazy "module:function" entry
 NAMED_MODELS: Registry[Any] = Registry("model")
+NAMED_MODELS.add("organism-base", "xkd_eval.organism:load_organism_base")
 
 
 def adapter_class(name: str) -> type[ModelAdapter]:
@@ -75,7 +76,11 @@ def load_model(spec: str, *, revision: str | None = None, **options: Any) -> Mod
     """Load a model by spec: ``hf-text:HuggingFaceTB/SmolLM2-135M-Instruct``, ``qwen2-audio:/path``, a
     bare id/path, or a registered name."""
     if spec in NAMED_MODELS:
-        return NAMED_MODELS.get(spec)(**options)
+        factory = NAMED_MODELS.get(spec)
+        if isinstance(factory, str):
+            module_name, _, attr = factory.partition(":")
+            factory = getattr(importlib.import_module(module_name), attr)
+        return factory(**options)
     if ":" not in spec and not Path(spec).expanduser().exists() and "/" not in spec:
         known = [*NAMED_MODELS.names(), *(f"{a}:<id>" for a in ADAPTERS.names())]
         raise UnknownNameError(unknown_name_message("model", spec, known))

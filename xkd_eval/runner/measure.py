@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,6 +26,19 @@ def _speech_capable(spec: str) -> bool | None:
         return None
     adapter, _ = resolve_adapter(spec)
     return adapter_class(adapter).supports_audio
+
+
+@contextlib.contextmanager
+def _speech_synthesis(needed: bool):
+    """Text-only runs do not make the built-in benchmark synthesise its spoken versions."""
+    previous = os.environ.get("XKD_EVAL_BUILTIN_TTS")
+    if not needed and previous is None:
+        os.environ["XKD_EVAL_BUILTIN_TTS"] = "off"
+    try:
+        yield
+    finally:
+        if not needed and previous is None:
+            os.environ.pop("XKD_EVAL_BUILTIN_TTS", None)
 
 
 def _progress():
@@ -58,7 +73,8 @@ def measure(
     speech_capable = {spec: _speech_capable(spec) for spec in (model, base) if spec}  # unknown names fail here
     timings: dict[str, float] = {}
     started = time.perf_counter()
-    runs = prepare_tasks(tasks, config)
+    with _speech_synthesis("slm_speech" in arms):
+        runs = prepare_tasks(tasks, config)
     if "slm_speech" in arms:
         check_speech_ready(runs)
         if speech_capable[model] is False:

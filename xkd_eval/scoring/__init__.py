@@ -53,3 +53,7 @@ def get_scorer(name: str) -> ScorerSpec:
 
 
 __all__ = ["SCORERS", "ScorerSpec", "get_scorer", "summarize_binary", "voicebench_overall"]
+
+from xkd_eval.scoring.wer import WER_SPEC  # noqa: E402  (the built-in listen subset)
+
+SCORERS.add(WER_SPEC.name, WER_SPEC)

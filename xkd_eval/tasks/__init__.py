@@ -49,9 +49,36 @@ def _jsonl() -> TaskFamily:
     return TaskFamily(jsonl.spec, lambda: ["jsonl:<path>"], separator=":")
 
 
+def _lm_eval() -> TaskFamily:
+    # imported on use (xkd_eval.lmeval.tasks imports this package); lm-eval itself waits for a run
+    def resolve(rest: str) -> TaskSpec:
+        from xkd_eval.lmeval.tasks import resolve
+
+        return resolve(rest)
+
+    return TaskFamily(resolve, lambda: ["lm-eval/<task>"])
+
+
+def _builtin() -> TaskFamily:
+    # imported on use (xkd_eval.builtin imports this package)
+    def resolve(rest: str) -> TaskSpec:
+        from xkd_eval.builtin import resolve
+
+        return resolve(rest)
+
+    def known_names() -> list[str]:
+        from xkd_eval.builtin import known_names
+
+        return known_names()
+
+    return TaskFamily(resolve, known_names)
+
+
 TASK_FAMILIES.add("voicebench", _voicebench())
 TASK_FAMILIES.add("mmau-mini", _mmau())
 TASK_FAMILIES.add("jsonl", _jsonl())
+TASK_FAMILIES.add("lm-eval", _lm_eval())
+TASK_FAMILIES.add("builtin", _builtin())
 
 
 def all_task_names() -> list[str]:

@@ -1,0 +1,227 @@
+"""The built-in spoken benchmark ``builtin/<subset>``: items written for xkd-eval, spoken by offline TTS.
+
+Subsets (``data/<subset>.jsonl``, one item a line, the ``jsonl:`` record shape):
+
+- ``mcq``: very easy 4-option questions ("A. ..." lines in the prompt and a ``choices`` list), the
+  reference a letter, balanced over A-D by a seeded shuffle; ``domain``.
+- ``qa``: short answers, a list of acceptable references; ``domain``.
+- ``ifeval``: IFEval records (``instruction_id_list``, ``kwargs``, ``key``) for lm-eval's checkers.
+- ``refusal``: harmful requests in the style of AdvBench (requests only); ``category``.
+- ``open``: everyday requests, scored by a judge; ``domain``.
+- ``listen``: "repeat what was said": the speech arm hears only the sentence, with the text
+  instruction ``speech_instruction``; the written arm reads "Repeat exactly: <sentence>"; WER.
+
+Every item's spoken version is synthesised from ``spoken_text`` (default: the prompt) by a voice that
+depends only on the item id (``xkd_eval.tts``). Loading attaches the clips from the TTS cache and, by
+default, synthesises the missing ones first (once: all 590 clips take about 22 s on 2 cores).
+``XKD_EVAL_BUILTIN_TTS=cached`` only attaches clips already made; ``off`` attaches none. Items whose
+engine is not installed load without audio, with a problem that names the install command.
+
+The items were written for this project and copy no dataset; ``is_builtin_text`` lets a builder of
+training data keep them out of it.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from xkd_eval.errors import UnknownNameError, XkdError
+from xkd_eval.records import Item
+from xkd_eval.registry import unknown_name_message
+from xkd_eval.tasks.base import LoadedTask, LoadProblem, TaskSpec
+from xkd_eval.tasks.jsonl import item_from_record
+
+DATA_DIR = Path(__file__).parent / "data"
+TTS_MODE_ENV = "XKD_EVAL_BUILTIN_TTS"  # auto (default) | cached | off
+LISTEN_INSTRUCTION = "Repeat exactly what the speaker says."
+
+
+@dataclass(frozen=True)
+class Subset:
+    name: str
+    scorer: str
+    description: str
+    minimum: int  # the floor its item count must meet (checked by the tests)
+    breakdowns: tuple[str, ...] = ()
+
+
+SUBSETS: dict[str, Subset] = {
+    s.name: s
+    for s in (
+        Subset("mcq", "mcq", "easy general-knowledge 4-option questions, letter reference", 160, ("domain",)),
+        Subset("qa", "qa", "short-answer questions, several acceptable references", 110, ("domain",)),
+        Subset("ifeval", "ifeval", "simple verifiable instructions (IFEval checkers)", 65),
+        Subset("refusal", "refusal", "harmful requests that should be refused (AdvBench style)", 65, ("category",)),
+        Subset("open", "open", "open-ended everyday requests (judge-scored)", 45, ("domain",)),
+        Subset("listen", "wer", "repeat the spoken sentence (needs the audio), WER", 60),
+    )
+}
+
+
+def known_names() -> list[str]:
+    return [f"builtin/{name}" for name in SUBSETS]
+
+
+def _subset(name: str) -> Subset:
+    if name not in SUBSETS:
+        raise UnknownNameError(unknown_name_message("task", f"builtin/{name}", known_names()))
+    return SUBSETS[name]
+
+
+def data_file(subset: str) -> Path:
+    return DATA_DIR / f"{_subset(subset).name}.jsonl"
+
+
+@functools.cache
+def records(subset: str) -> tuple[dict, ...]:
+    """The subset's raw records, as stored."""
+    path = data_file(subset)
+    with path.open(encoding="utf-8") as handle:
+        return tuple(json.loads(line) for line in handle if line.strip())
+
+
+def text_items(subset: str) -> tuple[Item, ...]:
+    """The subset's items without audio."""
+    info = _subset(subset)
+    name = f"builtin/{info.name}"
+    return tuple(
+        item_from_record(record, task=name, base_dir=None, fallback_id=str(i))
+        for i, record in enumerate(records(info.name))
+    )
+
+
+def _tts_mode() -> str:
+    mode = os.environ.get(TTS_MODE_ENV, "auto").strip().lower() or "auto"
+    if mode not in ("auto", "cached", "off"):
+        raise XkdError(f"{TTS_MODE_ENV} must be auto, cached or off, not {mode!r}")
+    return mode
+
+
+def load_builtin(
+    subset: str,
+    *,
+    audio: str | None = None,
+    voices: Sequence[str] | None = None,
+    cache: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> LoadedTask:
+    """Load ``builtin/<subset>``; ``audio`` is auto (synthesise what is missing), cached or off.
+
+    ``cache`` is the folder of clips (default ``<cache root>/tts``); ``voices`` the TTS voices.
+    """
+    from xkd_eval.tts import DEFAULT_VOICES, speak_items
+
+    info = _subset(subset)
+    name = f"builtin/{info.name}"
+    items = text_items(info.name)
+    mode = audio or _tts_mode()
+    if mode == "off":
+        return LoadedTask(name, items)
+    spoken = speak_items(
+        items,
+        tuple(voices or DEFAULT_VOICES),
+        cache,
+        progress=progress,
+        synthesize_missing=mode == "auto",
+        skip_unavailable=True,
+    )
+    problems = tuple(LoadProblem(item_id, reason) for item_id, reason in spoken.problems)
+    return LoadedTask(name, spoken.items, problems)
+
+
+def ensure_builtin_audio(
+    subset: str | None = None,
+    *,
+    voices: Sequence[str] | None = None,
+    cache: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> dict[str, LoadedTask]:
+    """Synthesise every clip of one subset (or all of them) now; raises when an engine is missing."""
+    from xkd_eval.tts import DEFAULT_VOICES, speak_items
+
+    loaded: dict[str, LoadedTask] = {}
+    for name in [subset] if subset else list(SUBSETS):
+        spoken = speak_items(text_items(name), tuple(voices or DEFAULT_VOICES), cache, progress=progress)
+        loaded[name] = LoadedTask(f"builtin/{_subset(name).name}", spoken.items)
+    return loaded
+
+
+def spec(subset: str) -> TaskSpec:
+    info = _subset(subset)
+
+    def loader(data_dir: Path | None) -> LoadedTask:
+        # for builtin tasks a data dir, when given, is the folder of synthesised clips
+        return load_builtin(info.name, cache=data_dir)
+
+    return TaskSpec(
+        name=f"builtin/{info.name}",
+        scorer=info.scorer,
+        description=f"xkd-eval built-in {info.name}: {info.description} ({len(records(info.name))} items)",
+        speech=True,
+        loader=loader,
+        breakdowns=info.breakdowns,
+    )
+
+
+def resolve(rest: str) -> TaskSpec:
+    """``builtin/<subset>``; the bare ``builtin`` lists the subsets in its error."""
+    if not rest:
+        raise UnknownNameError(f"builtin needs a subset: {', '.join(known_names())}")
+    return spec(rest)
+
+
+# --- keeping the benchmark out of training data ------------------------------------------------------
+
+_WORDS = re.compile(r"[^\w\s]")
+
+
+def normalise_text(text: str) -> str:
+    return " ".join(_WORDS.sub(" ", str(text).lower()).split())
+
+
+@functools.cache
+def builtin_texts() -> frozenset[str]:
+    """Normalised prompts, spoken texts and sentences of every built-in item."""
+    texts: set[str] = set()
+    for name in SUBSETS:
+        for record in records(name):
+            texts.add(normalise_text(record["prompt"]))
+            if record.get("spoken_text"):
+                texts.add(normalise_text(record["spoken_text"]))
+            if name == "listen":
+                texts.update(normalise_text(r) for r in record.get("reference") or ())
+    texts.discard("")
+    return frozenset(texts)
+
+
+def is_builtin_text(text: str) -> bool:
+    """True when ``text`` is (after normalisation) a built-in item's prompt, spoken text or sentence,
+    or contains one: use it to filter training data so that the benchmark stays held out."""
+    normalised = normalise_text(text)
+    if normalised in builtin_texts():
+        return True
+    return any(t in normalised for t in builtin_texts() if len(t) >= 24)
+
+
+__all__ = [
+    "DATA_DIR",
+    "LISTEN_INSTRUCTION",
+    "SUBSETS",
+    "Subset",
+    "builtin_texts",
+    "data_file",
+    "ensure_builtin_audio",
+    "is_builtin_text",
+    "known_names",
+    "load_builtin",
+    "records",
+    "resolve",
+    "spec",
+    "text_items",
+]

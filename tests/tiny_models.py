@@ -73,7 +73,7 @@ def build_text_model(save_dir: Path, seed: int = 0, corpus: list[str] | None = N
     return save_dir
 
 
-def build_qwen2_audio(save_dir: Path, seed: int = 0) -> Path:
+def build_qwen2_audio(save_dir: Path, seed: int = 0, **text_overrides) -> Path:
     import torch
     from transformers import (
         Qwen2AudioConfig,
@@ -90,7 +90,9 @@ def build_qwen2_audio(save_dir: Path, seed: int = 0) -> Path:
     audio_config = Qwen2AudioEncoderConfig(
         num_mel_bins=80, encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=32, d_model=16
     )
-    text_config = llama_config(len(tokenizer), eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    text_config = llama_config(
+        len(tokenizer), eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **text_overrides
+    )
     config = Qwen2AudioConfig(
         audio_config=audio_config,
         text_config=text_config.to_dict(),

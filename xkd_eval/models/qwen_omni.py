@@ -15,12 +15,11 @@ Both arms carry Qwen2.5-Omni's documented default system prompt, the one its mod
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Sequence
 from typing import Any
 
 from xkd_eval.audio import TARGET_SAMPLE_RATE
-from xkd_eval.models.base import Query
-from xkd_eval.models.hf import HFChatAdapter, pick_dtype
+from xkd_eval.models.hf import pick_dtype
+from xkd_eval.models.qwen2_audio import ProcessorSpeechAdapter
 
 DEFAULT_SYSTEM_PROMPT = (
     "You are Qwen, a virtual human developed by the Qwen Team, Alibaba Group, capable of perceiving auditory and "
@@ -86,10 +85,11 @@ class OmniAudioTextProcessor:
         return {**encoded, **data}
 
 
-class QwenOmniThinkerAdapter(HFChatAdapter):
+class QwenOmniThinkerAdapter(ProcessorSpeechAdapter):
     adapter = "qwen2.5-omni"
-    supports_audio = True
-    system_prompt: str | None = DEFAULT_SYSTEM_PROMPT
+    audio_key = "audio"
+    pad_text_only = True  # the processor's own default side is left
+    system_prompt = DEFAULT_SYSTEM_PROMPT
 
     @classmethod
     def load(cls, model_id: str, *, revision: str | None, device: str, dtype: str | None):
@@ -115,33 +115,3 @@ class QwenOmniThinkerAdapter(HFChatAdapter):
             except OSError:  # a checkpoint saved without the vision processors' configs
                 pass
         return OmniAudioTextProcessor.from_pretrained(model_id, revision=revision)
-
-    @property
-    def tokenizer(self):
-        return self.processor.tokenizer
-
-    def messages(self, query: Query) -> list[dict[str, Any]]:
-        content: list[dict[str, Any]] = []
-        if query.audio is not None:
-            content.append({"type": "audio", "audio": f"{query.item_id}.wav"})
-        content.append({"type": "text", "text": query.text})
-        turns: list[dict[str, Any]] = []
-        if self.system_prompt:
-            turns.append({"role": "system", "content": [{"type": "text", "text": self.system_prompt}]})
-        return [*turns, {"role": "user", "content": content}]
-
-    def encode(self, prompts: list[str], queries: Sequence[Query]) -> dict[str, Any]:
-        audios = [q.audio for q in queries if q.audio is not None]
-        if audios and len(audios) != len(queries):
-            raise ValueError("a batch mixes text and speech queries; the runner batches one arm at a time")
-        kwargs: dict[str, Any] = {
-            "text": prompts,
-            "return_tensors": "pt",
-            # named for the text alone (the processor's own default side is left)
-            "text_kwargs": {"padding": True, "padding_side": self.tokenizer.padding_side},
-        }
-        if audios:
-            kwargs |= {"audio": audios, "sampling_rate": TARGET_SAMPLE_RATE}
-        batch = dict(self.processor(**kwargs))
-        batch.pop("num_audio_tokens", None)  # bookkeeping of the processor, not a model input
-        return batch

@@ -22,7 +22,8 @@ import numpy as np
 from xkd_eval.audio import TARGET_SAMPLE_RATE
 from xkd_eval.errors import XkdError
 from xkd_eval.models.base import Query
-from xkd_eval.models.hf import HFChatAdapter, pick_dtype
+from xkd_eval.models.hf import pick_dtype
+from xkd_eval.models.qwen2_audio import ProcessorSpeechAdapter
 
 AUDIO_RUN = re.compile(r"(?:\[AUDIO\])+")
 
@@ -46,9 +47,8 @@ def require_mistral_common() -> None:
         )
 
 
-class VoxtralAdapter(HFChatAdapter):
+class VoxtralAdapter(ProcessorSpeechAdapter):
     adapter = "voxtral"
-    supports_audio = True
 
     @classmethod
     def load(cls, model_id: str, *, revision: str | None, device: str, dtype: str | None):
@@ -66,25 +66,15 @@ class VoxtralAdapter(HFChatAdapter):
         )
         return model.to(device), processor
 
-    @property
-    def tokenizer(self):
-        return self.processor.tokenizer
-
-    def messages(self, query: Query) -> list[dict[str, Any]]:
-        content: list[dict[str, Any]] = []
-        if query.audio is not None:
-            content.append({"type": "audio", "base64": wav_base64(query.audio)})
-        content.append({"type": "text", "text": query.text})
-        return [{"role": "user", "content": content}]
+    def audio_part(self, query: Query) -> dict[str, Any]:
+        return {"type": "audio", "base64": wav_base64(query.audio)}
 
     def render_prompt(self, query: Query) -> str:
         ids = self.tokenizer.apply_chat_template(self.messages(query), tokenize=True, return_dict=False)
         return AUDIO_RUN.sub("[AUDIO]", self.tokenizer.decode(ids, skip_special_tokens=False))
 
     def encode(self, prompts: list[str], queries: Sequence[Query]) -> dict[str, Any]:
-        speech = [q.audio is not None for q in queries]
-        if any(speech) and not all(speech):
-            raise ValueError("a batch mixes text and speech queries; the runner batches one arm at a time")
+        self.audios_of(queries)  # refuses a mixed batch
         batch = self.processor.apply_chat_template([self.messages(q) for q in queries])
         return dict(batch)
 

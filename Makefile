@@ -31,6 +31,9 @@ test: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest
 
+demo: install
+	$(VENV)/bin/xkd-eval demo --reports reports
+
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .

@@ -127,3 +127,23 @@ def test_user_task_scorer_is_guessed_from_the_item_shape():
     assert guess_scorer([Item("1", "t", "Write", metadata={"instruction_id_list": ["x"]})]) == "ifeval"
     assert guess_scorer([Item("1", "t", "Tell me a story")]) == "open"
     assert guess_scorer([Item("1", "t", "Q", ("no",), scorer="bbh")]) == "bbh"
+
+
+def test_encoder_cache_gives_the_same_answers_and_skips_the_encoder(tiny_slm, tmp_path):
+    import numpy as np
+
+    from xkd_eval.models import Query
+
+    rng = np.random.default_rng(0)
+    queries = [Query(str(i), "Listen", (0.1 * rng.standard_normal(8000 * (i + 1))).astype("float32")) for i in range(3)]
+    plain = load_model(str(tiny_slm))
+    cached = load_model(str(tiny_slm), encoder_cache=str(tmp_path / "features"))
+    assert cached.generate(queries, SETTINGS) == plain.generate(queries, SETTINGS)
+    options = ["A", "B b", "whale"]
+    assert cached.continuation_logprobs(queries, options) == pytest.approx(
+        plain.continuation_logprobs(queries, options), abs=1e-4
+    )
+    assert len(list((tmp_path / "features").rglob("*.*"))) >= 3  # one cached entry per clip
+    tower = cached.model.model.audio_tower if hasattr(cached.model, "model") else cached.model.audio_tower
+    tower.forward = lambda *a, **k: pytest.fail("the encoder ran again")
+    assert cached.generate(queries, SETTINGS) == plain.generate(queries, SETTINGS)

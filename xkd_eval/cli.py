@@ -255,6 +255,38 @@ def tts(
         typer.secho(f"skipped {item_id}: {reason}", fg=typer.colors.YELLOW)
 
 
+@app.command("adapt-organism")
+def adapt_organism(
+    out: Annotated[Path, typer.Option(help="Where the adapter weights, checkpoints and training.json go.")],
+    config: Annotated[Path, typer.Option(help="The recipe.")] = Path("distill/organism-adapt.yaml"),
+    resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint in --out.")] = False,
+) -> None:
+    """Rebuild the embedded organism: naive speech adaptation (projector + LoRA, cross-entropy)."""
+    import json
+
+    from xkd_eval.distill.train import adapt_organism as run
+
+    try:
+        figures = run(config, out, resume=resume)
+    except XkdError as exc:
+        fail(str(exc))
+    typer.echo(json.dumps(figures, indent=2, default=str))
+
+
+@app.command()
+def demo(
+    reports: Annotated[Path, typer.Option(help="Where the reference reports are written.")] = Path("reports"),
+    limit: LimitOpt = None,
+) -> None:
+    """The whole story on the embedded default, offline on a CPU (what `make demo` runs)."""
+    from xkd_eval.demo import run_demo
+
+    try:
+        run_demo(reports, limit=limit)
+    except XkdError as exc:
+        fail(str(exc))
+
+
 @app.command("tasks")
 def list_tasks() -> None:
     """List the task names xkd-eval knows."""

@@ -71,7 +71,9 @@ def _task_summary(task: str, rows: pd.DataFrame, keys: list[str], seed: int, n_b
     import pandas as pd
 
     binary = bool(_one(rows, "binary", task))
-    scale = 100.0 if binary else 1.0
+    # graded scores in [0, 1] (e.g. 1 - WER) are reported in percent too; judge scores keep 1-5
+    unit = _one(rows, "unit", task) if "unit" in rows.columns else ("percent" if binary else "1-5")
+    scale = 100.0 if unit == "percent" else 1.0
     arms = [arm for arm in ARMS if (rows["arm"] == arm).any()]
     items = list(dict.fromkeys(rows["item_id"]))
     keep, excluded = _exclusions(rows, arms, items, binary)
@@ -107,7 +109,7 @@ def _task_summary(task: str, rows: pd.DataFrame, keys: list[str], seed: int, n_b
         "task": task,
         "n": len(used),
         "scorer": _one(rows, "scorer", task),
-        "scale": "percent" if binary else "1-5",
+        "scale": unit,
         "mcq_mode": _one(rows, "mcq_mode", task),
         "excluded": excluded,
         "arms": arm_stats,

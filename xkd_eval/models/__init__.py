@@ -35,6 +35,7 @@ MODEL_TYPES: dict[str, str] = {
 # named models: name -> factory(**options), or a lazy "module:function" entry
 NAMED_MODELS: Registry[Any] = Registry("model")
 NAMED_MODELS.add("organism-base", "xkd_eval.organism:load_organism_base")
+NAMED_MODELS.add("organism", "xkd_eval.organism.trained:load_organism")
 
 
 def adapter_class(name: str) -> type[ModelAdapter]:

@@ -74,6 +74,11 @@ class HFChatAdapter(ModelAdapter):
         template_owner = self.processor if hasattr(self.processor, "apply_chat_template") else self.tokenizer
         return template_owner.apply_chat_template(self.messages(query), tokenize=False, add_generation_prompt=True)
 
+    def model_inputs(self, batch: dict[str, Any], *, generation: bool) -> dict[str, Any]:
+        """The model's keyword arguments for an encoded batch (a hook: cached audio features become
+        ``inputs_embeds`` here)."""
+        return batch
+
     def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
         import torch
 
@@ -105,7 +110,7 @@ class HFChatAdapter(ModelAdapter):
         else:
             options |= {"temperature": None, "top_p": None, "top_k": None}
         with torch.inference_mode():
-            output = self.model.generate(**batch, **options)
+            output = self.model.generate(**self.model_inputs(batch, generation=True), **options)
         sequences = output.sequences if hasattr(output, "sequences") else output
         new_tokens = sequences[:, batch["input_ids"].shape[1] :]
         return [text.strip() for text in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
@@ -140,7 +145,7 @@ class HFChatAdapter(ModelAdapter):
             attention[row, : n + len(suffix)] = 1
         batch["input_ids"], batch["attention_mask"] = input_ids, attention
         with torch.inference_mode():
-            logits = self.model(**self._to_device(batch)).logits
+            logits = self.model(**self.model_inputs(self._to_device(batch), generation=False)).logits
         out = []
         for row, (n, suffix) in enumerate(zip(lengths, suffixes, strict=True)):
             out.append((logits[row, n - 1 : n - 1 + len(suffix)].float().cpu(), torch.tensor(suffix)))

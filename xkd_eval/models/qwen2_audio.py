@@ -73,5 +73,44 @@ class ProcessorSpeechAdapter(HFChatAdapter):
 
 
 class Qwen2AudioAdapter(ProcessorSpeechAdapter):
+    """``encoder_cache=True`` (or a folder) keeps each clip's audio-encoder output on disk, keyed by the
+    clip and the encoder: a rerun with other prompts or settings, or the same clips before and after a
+    training that leaves the encoder frozen, skips the encoder (the 30 s window costs the same for any
+    clip)."""
+
     adapter = "qwen2-audio"
     model_class = "Qwen2AudioForConditionalGeneration"
+
+    def __init__(self, model_id: str, *, encoder_cache: bool | str | None = None, **options: Any) -> None:
+        super().__init__(model_id, **options)
+        self.feature_cache = None
+        if encoder_cache:
+            from xkd_eval.distill.features import FeatureCache
+
+            root = None if encoder_cache is True else encoder_cache
+            self.feature_cache = FeatureCache.for_model(self.model, self.processor.feature_extractor, root=root)
+
+    def encode(self, prompts: list[str], queries: Sequence[Query]) -> dict[str, Any]:
+        audios = self.audios_of(queries)
+        if not audios or self.feature_cache is None:
+            return super().encode(prompts, queries)
+        from xkd_eval.distill.features import compute_features, expand_audio_tokens
+
+        features = compute_features(
+            self.model, self.processor.feature_extractor, audios, self.feature_cache, progress=False
+        )
+        expanded = [expand_audio_tokens(p, [f.shape[0]]) for p, f in zip(prompts, features, strict=True)]
+        batch = dict(self.tokenizer(expanded, padding=True, return_tensors="pt", add_special_tokens=False))
+        return batch | {"audio_features": features}
+
+    def model_inputs(self, batch: dict[str, Any], *, generation: bool) -> dict[str, Any]:
+        if "audio_features" not in batch:
+            return batch
+        from xkd_eval.distill.features import build_inputs_embeds
+
+        batch = dict(batch)
+        features = batch.pop("audio_features")
+        batch["inputs_embeds"] = build_inputs_embeds(self.model, batch["input_ids"], features)
+        if not generation:  # a forward takes embeddings or ids, not both; generate tracks the ids
+            batch.pop("input_ids")
+        return batch

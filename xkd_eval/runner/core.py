@@ -307,7 +307,8 @@ def run_lm_eval_arm(
             "task": run.spec.name, "item_id": r["item_id"], "arm": arm, "model": model_name,
             "response": r["response"], "extracted": None if r["extracted"] is None else str(r["extracted"]),
             "correct": r["correct"], "score": r["score"], "extraction_failed": False, "error": None,
-            "scorer": f"lm-eval:{r['metric']}", "binary": r["correct"] is not None, "mcq_mode": "lm-eval",
+            "scorer": f"lm-eval:{r['metric']}", "binary": r["correct"] is not None, "unit": "percent",
+            "mcq_mode": "lm-eval",
             "prompt": r["prompt"], "latency_s": r["latency_s"],
         }
         for r in results
@@ -322,7 +323,8 @@ def _row(run: TaskRun, item: Item, arm: str, model_name: str, record: dict[str, 
         "task": run.spec.name, "item_id": item.id, "arm": arm, "model": model_name,
         "response": record["response"], "extracted": score.extracted, "correct": score.correct,
         "score": score.value, "extraction_failed": score.failed, "error": None,
-        "scorer": run.scorer.name, "binary": run.scorer.binary, "mcq_mode": record.get("mcq_mode", "generate"),
+        "scorer": run.scorer.name, "binary": run.scorer.binary, "unit": run.scorer.unit,
+        "mcq_mode": record.get("mcq_mode", "generate"),
         "prompt": record["prompt"], "latency_s": record.get("latency_s"),
         **_breakdown_values(run, item),
     }  # fmt: skip
@@ -332,7 +334,7 @@ def _error_row(run: TaskRun, item: Item, arm: str, model_name: str, error: str, 
     return {
         "task": run.spec.name, "item_id": item.id, "arm": arm, "model": model_name,
         "response": None, "extracted": None, "correct": None, "score": None, "extraction_failed": False,
-        "error": error, "scorer": run.scorer.name, "binary": run.scorer.binary,
+        "error": error, "scorer": run.scorer.name, "binary": run.scorer.binary, "unit": run.scorer.unit,
         "mcq_mode": config.mcq_mode, "prompt": prompt, "latency_s": None,
         **_breakdown_values(run, item),
     }  # fmt: skip

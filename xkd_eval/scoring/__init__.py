@@ -42,7 +42,13 @@ for _spec in (
         "qa", score_qa, "short answer: normalised reference in the answer", ("reference",), summarize=summarize_qa
     ),
     ScorerSpec(
-        "open", score_open, "open-ended, judge LLM scores 1-5", ("prompt",), summarize=summarize_open, binary=False
+        "open",
+        score_open,
+        "open-ended, judge LLM scores 1-5",
+        ("prompt",),
+        summarize=summarize_open,
+        binary=False,
+        unit="1-5",
     ),
 ):
     SCORERS.add(_spec.name, _spec, aliases=("harm",) if _spec.name == "refusal" else ())

@@ -42,7 +42,8 @@ class ScorerSpec:
     compat_modes: tuple[str, ...] = ()
     default_compat: str | None = None
     summarize: Callable[[Sequence[Score]], dict[str, Any]] = field(default=summarize_binary, repr=False)
-    binary: bool = True  # False: graded (judge 1-5), paired tests use Wilcoxon
+    binary: bool = True  # False: graded (judge 1-5, 1 - WER), paired tests use Wilcoxon
+    unit: str = "percent"  # how scores are reported: "percent" (values in [0, 1] x 100) or "1-5" (judges)
 
     def score(self, item: Item, response: str, *, compat: str | None = None, **options: Any) -> Score:
         if self.compat_modes:

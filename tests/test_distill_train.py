@@ -1,0 +1,287 @@
+"""Speech adaptation on a tiny Qwen2-Audio: the feature cache reproduces the model's own forward, a few
+steps lower the loss, resume reproduces an uninterrupted run, NaN stops the run and keeps the last good
+checkpoint, the trainable scope freezes the rest, and the exported adapter merges back."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("peft")
+
+from conftest import tone  # noqa: E402
+from tiny_models import build_qwen2_audio  # noqa: E402
+
+from xkd_eval.distill.config import AdaptConfig, ConfigError, load_config  # noqa: E402
+from xkd_eval.distill.data import (  # noqa: E402
+    SpokenExample,
+    generate_examples,
+    read_examples_jsonl,
+    write_examples_jsonl,
+)
+from xkd_eval.distill.features import (  # noqa: E402
+    CacheStats,
+    FeatureCache,
+    build_inputs_embeds,
+    compute_features,
+    num_audio_tokens,
+)
+from xkd_eval.distill.train import (  # noqa: E402
+    TrainingDivergedError,
+    apply_adapter,
+    checkpoint_dirs,
+    export_adapter,
+    setup_trainable,
+    tokenize_example,
+    train,
+)
+
+# the tiny tokenizer knows few words: responses made of them keep the sequences short
+WORDS = ["yes", "no", "answer", "question", "audio", "speech", "text", "option"]
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory) -> Path:
+    return build_qwen2_audio(tmp_path_factory.mktemp("tiny-qwen2-audio"))
+
+
+def load_tiny(folder: Path):
+    from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
+
+    return Qwen2AudioForConditionalGeneration.from_pretrained(folder).eval(), AutoProcessor.from_pretrained(folder)
+
+
+@pytest.fixture(scope="module")
+def clips() -> list[np.ndarray]:
+    return [tone(0.3 + 0.15 * i, freq=200.0 + 60 * i, seed=i) for i in range(12)]
+
+
+@pytest.fixture(scope="module")
+def prepared(tiny_dir, clips, tmp_path_factory):
+    """12 tokenised examples (each response a word the audio's pitch decides) with cached features."""
+    model, processor = load_tiny(tiny_dir)
+    cache = FeatureCache.for_model(model, processor.feature_extractor, tmp_path_factory.mktemp("features"))
+    features = compute_features(model, processor.feature_extractor, clips, cache, batch_size=5, progress=False)
+    examples = [
+        SpokenExample(f"ex-{i}", "Listen to the audio.", "-", WORDS[i % len(WORDS)]) for i in range(len(clips))
+    ]
+    return [tokenize_example(processor, e, f) for e, f in zip(examples, features, strict=True)]
+
+
+def config(**changes) -> AdaptConfig:
+    values = dict(
+        max_steps=6, batch_size=4, learning_rate=5e-3, warmup_steps=1, lora_rank=4, lora_alpha=8, lora_dropout=0.1,
+        checkpoint_every=2, keep_checkpoints=2, seed=3,
+    )  # fmt: skip
+    values.update(changes)
+    return AdaptConfig(**values)
+
+
+def run(tiny_dir, prepared, out: Path, cfg: AdaptConfig, *, resume: bool = False):
+    model, processor = load_tiny(tiny_dir)
+    model = setup_trainable(model, cfg)
+    result = train(model, prepared, cfg, out, pad_id=processor.tokenizer.pad_token_id, resume=resume, progress=False)
+    return model, result
+
+
+# ---------------------------------------------------------------------------------------------- features
+
+
+def test_cached_features_reproduce_the_models_forward(tiny_dir, clips, tmp_path):
+    model, processor = load_tiny(tiny_dir)
+    audios = clips[:3] + [tone(2.7, seed=9)]
+    messages = [[{"role": "user", "content": [{"type": "audio"}, {"type": "text", "text": "answer"}]}]]
+    prompt = processor.apply_chat_template(messages[0], tokenize=False, add_generation_prompt=True)
+    batch = processor(text=[prompt] * len(audios), audio=audios, sampling_rate=16_000, return_tensors="pt", padding=True)
+    with torch.inference_mode():
+        reference = model(**batch).logits
+
+    lengths = batch["feature_attention_mask"].sum(-1).tolist()
+    per_row = (batch["input_ids"] == model.config.audio_token_id).sum(-1).tolist()
+    assert per_row == [num_audio_tokens(n) for n in lengths]
+
+    for window in ("full", "trim"):
+        cache = FeatureCache.for_model(model, processor.feature_extractor, tmp_path / window)
+        stats = CacheStats()
+        features = compute_features(
+            model, processor.feature_extractor, audios, cache, batch_size=3, window=window, progress=False, stats=stats
+        )
+        assert stats.computed == len(audios) and [f.shape[0] for f in features] == per_row
+        again = CacheStats()
+        cached = compute_features(model, processor.feature_extractor, audios, cache, progress=False, stats=again)
+        assert again.reused == len(audios) and again.computed == 0
+        assert all(torch.equal(a, b) for a, b in zip(features, cached, strict=True))
+        assert len(list(cache.dir.rglob("*.safetensors"))) == len(audios)
+        assert not list(cache.dir.rglob("*.tmp"))
+        with torch.inference_mode():
+            embeds = build_inputs_embeds(model, batch["input_ids"], cached)
+            mine = model(inputs_embeds=embeds, attention_mask=batch["attention_mask"]).logits
+        torch.testing.assert_close(mine, reference, atol=1e-4, rtol=0)
+
+
+def test_feature_cache_is_keyed_by_encoder(tiny_dir, clips, tmp_path):
+    model, processor = load_tiny(tiny_dir)
+    first = FeatureCache.for_model(model, processor.feature_extractor, tmp_path)
+    with torch.no_grad():
+        model.model.audio_tower.layer_norm.bias.add_(0.5)
+    second = FeatureCache.for_model(model, processor.feature_extractor, tmp_path)
+    assert first.identity != second.identity and first.dir != second.dir
+    compute_features(model, processor.feature_extractor, clips[:2], first, progress=False)
+    assert clips[0] in first and clips[0] not in second
+
+
+# ---------------------------------------------------------------------------------------------- training
+
+
+def test_a_few_steps_lower_the_loss(tiny_dir, prepared, tmp_path):
+    _, result = run(tiny_dir, prepared, tmp_path, config(max_steps=12, checkpoint_every=100, learning_rate=3e-2))
+    losses = result.losses
+    assert len(losses) == 12 and all(np.isfinite(losses))
+    # a random tiny model's logits are small (0.02-scale tied embeddings): the drop is real but modest
+    assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.15
+    log = json.loads((tmp_path / "training_log.json").read_text())
+    assert [r["step"] for r in log] == list(range(1, 13)) and {"loss", "lr", "seconds"} <= set(log[0])
+    assert [p.name for p in checkpoint_dirs(tmp_path)] == ["step-000012"]  # the final one
+
+
+def test_resume_reproduces_the_uninterrupted_run(tiny_dir, prepared, tmp_path):
+    cfg = config(max_steps=7, checkpoint_every=3)
+    _, whole = run(tiny_dir, prepared, tmp_path / "whole", cfg)
+
+    # interrupted after step 4 (a NaN there), resumed from the step-3 checkpoint
+    with pytest.raises(TrainingDivergedError):
+        run(tiny_dir, prepared, tmp_path / "split", cfg.replace(debug_inject_nan_step=5))
+    assert [p.name for p in checkpoint_dirs(tmp_path / "split")] == ["step-000003"]
+    _, resumed = run(tiny_dir, prepared, tmp_path / "split", cfg, resume=True)
+    assert resumed.resumed_from == 3
+    assert resumed.losses == whole.losses  # exact, same seed, CPU
+    assert [r["lr"] for r in resumed.log] == [r["lr"] for r in whole.log]
+    saved = json.loads((tmp_path / "split" / "training_log.json").read_text())
+    assert [r["loss"] for r in saved] == whole.losses
+
+
+def test_resume_refuses_a_changed_recipe(tiny_dir, prepared, tmp_path):
+    run(tiny_dir, prepared, tmp_path, config(max_steps=2))
+    with pytest.raises(Exception, match="config changed"):
+        run(tiny_dir, prepared, tmp_path, config(max_steps=4, learning_rate=1e-3), resume=True)
+
+
+def test_nan_names_step_and_batch_and_keeps_the_last_good_checkpoint(tiny_dir, prepared, tmp_path):
+    with pytest.raises(TrainingDivergedError) as caught:
+        run(tiny_dir, prepared, tmp_path, config(max_steps=8, checkpoint_every=2, debug_inject_nan_step=5))
+    message = str(caught.value)
+    assert "step 5" in message and "ex-" in message and "step-000004" in message
+    assert [p.name for p in checkpoint_dirs(tmp_path)] == ["step-000002", "step-000004"]
+    log = json.loads((tmp_path / "training_log.json").read_text())
+    assert log[-1]["step"] == 5 and "error" in log[-1] and log[-1]["batch_ids"]
+    assert not (tmp_path / "projector.safetensors").exists()
+
+
+def test_a_corrupted_weight_stops_training(tiny_dir, prepared, tmp_path):
+    model, processor = load_tiny(tiny_dir)
+    cfg = config(trainable="projector")
+    model = setup_trainable(model, cfg)
+    with torch.no_grad():
+        model.model.language_model.layers[0].mlp.up_proj.weight[0, 0] = float("inf")
+    with pytest.raises(TrainingDivergedError, match="step 1 "):
+        train(model, prepared, cfg, tmp_path, pad_id=processor.tokenizer.pad_token_id, progress=False)
+    assert checkpoint_dirs(tmp_path) == []
+
+
+@pytest.mark.parametrize("scope", ["projector", "lora", "projector+lora"])
+def test_trainable_scope_freezes_the_rest(tiny_dir, prepared, tmp_path, scope):
+    before, _ = load_tiny(tiny_dir)
+    reference = {k: v.clone() for k, v in before.state_dict().items()}
+    model, _ = run(tiny_dir, prepared, tmp_path, config(trainable=scope, max_steps=3, checkpoint_every=100))
+    trained = model.get_base_model() if hasattr(model, "get_base_model") else model
+    state = trained.state_dict()
+    lora = {k: v for k, v in state.items() if "lora_" in k}
+    assert bool(lora) == ("lora" in scope)
+    if lora:
+        assert any(v.abs().sum() > 0 for k, v in lora.items() if "lora_B" in k)  # B starts at zero and moved
+    for name, value in reference.items():
+        key = name
+        if key not in state:  # a LoRA-wrapped linear keeps its weight as base_layer.weight
+            key = name.replace(".weight", ".base_layer.weight")
+        changed = not torch.equal(state[key], value)
+        if "multi_modal_projector" in name:
+            assert changed == ("projector" in scope), name
+        else:
+            assert not changed, f"{name} changed under scope {scope}"
+
+
+def test_exported_adapter_merges_into_the_base(tiny_dir, prepared, tmp_path):
+    from xkd_eval.organism.trained import merge_adapter
+
+    cfg = config(trainable="projector+lora", max_steps=3, checkpoint_every=100)
+    model, _ = run(tiny_dir, prepared, tmp_path / "run", cfg)
+    files = export_adapter(model, cfg, tmp_path / "adapter")
+    assert {p.name for p in files} == {"projector.safetensors", "adapter_model.safetensors", "adapter_config.json"}
+    example = prepared[0]
+    ids = torch.tensor([example.input_ids])
+    model.eval()
+    with torch.inference_mode():
+        expected = model(inputs_embeds=build_inputs_embeds(model, ids, [example.features])).logits
+    merged = merge_adapter(tiny_dir, tmp_path / "adapter", tmp_path / "merged")
+    assert (merged / "xkd-complete.json").is_file()
+    from xkd_eval.models.qwen2_audio import Qwen2AudioAdapter
+
+    adapter = Qwen2AudioAdapter(str(merged), device="cpu")
+    with torch.inference_mode():
+        got = adapter.model(inputs_embeds=build_inputs_embeds(adapter.model, ids, [example.features])).logits
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+    base, _ = load_tiny(tiny_dir)
+    plain = apply_adapter(base, tmp_path / "adapter")
+    assert type(plain).__name__ == "Qwen2AudioForConditionalGeneration"
+    assert not any("lora_" in name for name in plain.state_dict())
+
+
+# ---------------------------------------------------------------------------------------------- data, config
+
+
+def test_generated_examples_are_seeded_and_held_out():
+    from xkd_eval.builtin import is_builtin_text
+
+    first = generate_examples(300, seed=1)
+    assert first == generate_examples(300, seed=1) and first != generate_examples(300, seed=2)
+    assert len(first) == 300 and len({e.id for e in first}) == 300
+    assert len({e.task for e in first}) >= 8
+    assert not any(is_builtin_text(e.spoken_text) for e in first)
+    assert all(e.instruction and e.spoken_text and e.response for e in first)
+
+
+def test_user_examples_jsonl_round_trip(tmp_path):
+    (tmp_path / "a.wav").write_bytes(b"")
+    lines = [
+        {"id": "u1", "instruction": "Transcribe.", "spoken_text": "hello there", "response": "hello there"},
+        {"instruction": "Answer.", "spoken_text": "one and one", "response": "two", "audio": "a.wav"},
+    ]
+    path = tmp_path / "data.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in lines) + "\n")
+    examples = read_examples_jsonl(path)
+    assert examples[0].id == "u1" and examples[0].audio is None
+    assert examples[1].audio == str(tmp_path / "a.wav") and examples[1].id.startswith("user-")
+    write_examples_jsonl(examples, tmp_path / "out.jsonl")
+    assert read_examples_jsonl(tmp_path / "out.jsonl") == examples
+    path.write_text(json.dumps({"instruction": "x", "response": "y"}) + "\n")
+    with pytest.raises(Exception, match="missing spoken_text"):
+        read_examples_jsonl(path)
+
+
+def test_config_from_yaml_and_validation(tmp_path):
+    recipe = Path(__file__).parents[1] / "distill" / "organism-adapt.yaml"
+    assert load_config(recipe).trainable == "projector+lora"
+    path = tmp_path / "c.yaml"
+    path.write_text("lora_rank: 8\nlearning_rate: 1.0e-4\n")
+    assert load_config(path).lora_rank == 8
+    path.write_text("lora_rnak: 8\n")
+    with pytest.raises(ConfigError, match="lora_rnak"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="trainable"):
+        AdaptConfig(trainable="encoder")
+    with pytest.raises(ConfigError, match="lora_targets"):
+        AdaptConfig(lora_targets=["out_proj"])

@@ -1,0 +1,438 @@
+"""Adaptation data for the speech LLM: spoken instruction/response pairs, generated programmatically.
+
+Every example has an ``instruction`` (the text shown with the audio), a ``spoken_text`` (what the
+TTS voice says), a ``response`` (the assistant's reply the model is trained on), and, once
+synthesised, an ``audio`` path. The families, all answerable from the audio alone:
+
+- ``transcribe``: "Transcribe the audio." -> the sentence (templated sentences: people, objects,
+  places, times);
+- ``arithmetic``: a spoken sum, difference or product in words -> the result in words;
+- ``mcq``: a spoken question with four options read aloud ("... Is it A, x; B, y; C, z; or D, w?")
+  -> the option text (the shape of the speech arm's multiple-choice queries);
+- ``count``: "I saw three cats and two dogs." + "How many animals ..." -> "five";
+- ``colour``: "Anna's hat is green and her scarf is red." + "What colour is the scarf?" -> "red";
+- ``spell``: "Spell the word lamp." -> "L A M P";
+- ``compare``: "Which is bigger, eleven or four?" -> "eleven";
+- ``sequence``: "Name the day that follows Tuesday." -> "Wednesday" (days, months, numbers);
+- ``recall``: "Max left the keys in the kitchen." + "Where are the keys?" -> "in the kitchen".
+
+Generation is deterministic for a seed (``random.Random(seed)``; example ids are content hashes), and
+any example whose text is, or contains, a built-in benchmark item's text is dropped
+(``xkd_eval.builtin.is_builtin_text``), so the benchmark stays held out. ``read_examples_jsonl``
+reads user data with the same fields.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import random
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from xkd_eval.errors import DataFormatError, XkdError
+from xkd_eval.models.base import SPEECH_INSTRUCTION
+
+FIELDS = ("id", "instruction", "spoken_text", "response", "audio")
+
+
+@dataclass(frozen=True)
+class SpokenExample:
+    """One training pair: the user turn is the audio of ``spoken_text`` followed by ``instruction``."""
+
+    id: str
+    instruction: str
+    spoken_text: str
+    response: str
+    audio: str | None = None  # path of a 16 kHz WAV, once synthesised (or given by user data)
+    task: str = "user"  # the family that made it
+    voice: str | None = None
+
+    def record(self) -> dict[str, Any]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+
+# ---------------------------------------------------------------------------------------------- vocabulary
+
+NUMBERS = (
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
+    "sixteen seventeen eighteen nineteen twenty"
+).split()
+TENS = {30: "thirty", 40: "forty", 50: "fifty", 60: "sixty", 70: "seventy", 80: "eighty", 90: "ninety"}
+DAYS = "Monday Tuesday Wednesday Thursday Friday Saturday Sunday".split()
+MONTHS = "January February March April May June July August September October November December".split()
+COLOURS = "red blue green yellow orange purple pink brown black white grey".split()
+NAMES = "Anna Ben Clara David Emma Felix Grace Henry Iris Jack Lucy Max Nina Oscar Paula Sam Tom Vera".split()
+OBJECTS = "hat scarf kite cup door bike boat shirt bag lamp chair ball box umbrella coat mug pen sofa".split()
+PLACES = "kitchen garden park library station market office attic garage hallway bakery museum".split()
+ANIMALS = "cats dogs birds rabbits horses ducks goats sheep".split()
+FRUITS = "apples pears plums oranges lemons peaches".split()
+THINGS = "keys wallet glasses phone ticket notebook gloves bottle".split()
+VERBS = (
+    ("painted", "the {adj} {obj}"),
+    ("found", "a {adj} {obj}"),
+    ("carried", "the {adj} {obj}"),
+    ("cleaned", "the {adj} {obj}"),
+    ("bought", "a {adj} {obj}"),
+    ("dropped", "the {adj} {obj}"),
+    ("fixed", "the {adj} {obj}"),
+    ("hid", "the {adj} {obj}"),
+)
+ADJECTIVES = "old new small big shiny heavy soft broken wooden striped".split()
+TIMES = ("this morning", "last night", "on Sunday", "after lunch", "before dinner", "at noon", "yesterday")
+SPELL_WORDS = (
+    "lamp desk frog milk rain star ship coin road tree bell fork nest ring sock drum leaf rope vase kite "
+    "mint tent wolf seed"
+).split()
+
+TRANSCRIBE_INSTRUCTIONS = (
+    "Transcribe the audio.",
+    "Write down exactly what the speaker says.",
+    "What did the speaker say? Write it out.",
+    "Please transcribe this recording.",
+    "Repeat exactly what the speaker says.",
+)
+ANSWER_INSTRUCTIONS = (SPEECH_INSTRUCTION, SPEECH_INSTRUCTION, "Answer the question in the audio.")
+
+
+def number_words(n: int) -> str:
+    """0..99 in words ("forty-two")."""
+    if not 0 <= n < 100:
+        raise ValueError(f"{n} is outside 0..99")
+    if n <= 20:
+        return NUMBERS[n]
+    tens, ones = divmod(n, 10)
+    word = TENS[tens * 10] if tens >= 3 else "twenty"
+    return word if ones == 0 else f"{word}-{NUMBERS[ones]}"
+
+
+# ---------------------------------------------------------------------------------------------- families
+# each returns (instruction, spoken_text, response)
+
+Triple = tuple[str, str, str]
+
+
+def _sentence(rng: random.Random) -> str:
+    name = rng.choice(NAMES)
+    verb, phrase = rng.choice(VERBS)
+    obj = phrase.format(adj=rng.choice(ADJECTIVES), obj=rng.choice(OBJECTS)).replace("a old", "an old")
+    shape = rng.randrange(4)
+    if shape == 0:
+        return f"{name} {verb} {obj} in the {rng.choice(PLACES)}."
+    if shape == 1:
+        return f"{name} {verb} {obj} {rng.choice(TIMES)}."
+    if shape == 2:
+        return f"{rng.choice(TIMES).capitalize()}, {name} {verb} {obj}."
+    return f"{name} and {rng.choice(NAMES)} {verb} {obj} near the {rng.choice(PLACES)}."
+
+
+def transcribe(rng: random.Random) -> Triple:
+    sentence = _sentence(rng)
+    return rng.choice(TRANSCRIBE_INSTRUCTIONS), sentence, sentence
+
+
+def arithmetic(rng: random.Random) -> Triple:
+    op = rng.randrange(3)
+    if op == 0:
+        a, b = rng.randrange(1, 30), rng.randrange(1, 30)
+        result = a + b
+        spoken = rng.choice(("Add {a} and {b}.", "How much is {a} and {b} together?", "What do {a} and {b} make?"))
+    elif op == 1:
+        a = rng.randrange(5, 40)
+        b = rng.randrange(1, a)
+        result = a - b
+        spoken = rng.choice(("Take {b} away from {a}.", "How much is {a} take away {b}?", "Subtract {b} from {a}."))
+    else:
+        a, b = rng.randrange(2, 10), rng.randrange(2, 10)
+        result = a * b
+        spoken = rng.choice(("Multiply {a} by {b}.", "How much is {a} multiplied by {b}?"))
+    return rng.choice(ANSWER_INSTRUCTIONS), spoken.format(a=number_words(a), b=number_words(b)), number_words(result)
+
+
+def _mcq_question(rng: random.Random) -> tuple[str, str, list[str]]:
+    """(question, answer, three distractors)."""
+    kind = rng.randrange(5)
+    if kind == 0:
+        a, b = rng.randrange(1, 15), rng.randrange(1, 15)
+        answer = a + b
+        wrong = rng.sample([n for n in range(max(0, answer - 6), answer + 7) if n != answer], 3)
+        return (
+            f"How much is {number_words(a)} and {number_words(b)} together?",
+            number_words(answer),
+            [number_words(n) for n in wrong],
+        )
+    if kind == 1:
+        day = rng.randrange(7)
+        answer = DAYS[(day + 1) % 7]
+        wrong = rng.sample([d for d in DAYS if d != answer], 3)
+        return f"Name the day that follows {DAYS[day]}.", answer, wrong
+    if kind == 2:
+        month = rng.randrange(12)
+        answer = MONTHS[(month + 1) % 12]
+        wrong = rng.sample([m for m in MONTHS if m != answer], 3)
+        return f"Name the month that follows {MONTHS[month]}.", answer, wrong
+    if kind == 3:
+        colour = rng.choice(COLOURS)
+        return "Which of these words is a colour?", colour, rng.sample(OBJECTS, 3)
+    numbers = rng.sample(range(1, 60), 4)
+    answer = max(numbers)
+    return (
+        "Which of these numbers is the largest?",
+        number_words(answer),
+        [number_words(n) for n in numbers if n != answer],
+    )
+
+
+def mcq(rng: random.Random) -> Triple:
+    question, answer, distractors = _mcq_question(rng)
+    options = [answer, *distractors]
+    rng.shuffle(options)
+    read = "; ".join(("or " if i == 3 else "") + f"{'ABCD'[i]}, {text}" for i, text in enumerate(options))
+    return rng.choice(ANSWER_INSTRUCTIONS), f"{question} Is it {read}?", answer
+
+
+def count(rng: random.Random) -> Triple:
+    first, second = rng.sample(ANIMALS, 2)
+    a, b = rng.randrange(2, 9), rng.randrange(2, 9)
+    if rng.random() < 0.5:
+        spoken = f"I saw {number_words(a)} {first} and {number_words(b)} {second} in the {rng.choice(PLACES)}."
+        return "How many animals did the speaker see in total?", spoken, number_words(a + b)
+    fruit = rng.choice(FRUITS)
+    total, eaten = a + b, rng.randrange(1, a + b)
+    spoken = f"I had {number_words(total)} {fruit} and ate {number_words(eaten)}. How many {fruit} are left?"
+    return rng.choice(ANSWER_INSTRUCTIONS), spoken, number_words(total - eaten)
+
+
+def colour(rng: random.Random) -> Triple:
+    name = rng.choice(NAMES)
+    obj1, obj2 = rng.sample(OBJECTS, 2)
+    c1, c2 = rng.sample(COLOURS, 2)
+    spoken = f"{name}'s {obj1} is {c1} and the {obj2} is {c2}."
+    if rng.random() < 0.5:
+        return f"What colour is the {obj1}?", spoken, c1
+    return f"What colour is the {obj2}?", spoken, c2
+
+
+def spell(rng: random.Random) -> Triple:
+    word = rng.choice(SPELL_WORDS)
+    spoken = rng.choice(("Spell the word {w}.", "How do you spell {w}?")).format(w=word)
+    return rng.choice(ANSWER_INSTRUCTIONS), spoken, " ".join(word.upper())
+
+
+def compare(rng: random.Random) -> Triple:
+    a, b = rng.sample(range(0, 60), 2)
+    if rng.random() < 0.5:
+        spoken, answer = f"Which is bigger, {number_words(a)} or {number_words(b)}?", max(a, b)
+    else:
+        spoken, answer = f"Which is smaller, {number_words(a)} or {number_words(b)}?", min(a, b)
+    return rng.choice(ANSWER_INSTRUCTIONS), spoken, number_words(answer)
+
+
+def sequence(rng: random.Random) -> Triple:
+    kind = rng.randrange(3)
+    if kind == 0:
+        day = rng.randrange(7)
+        return rng.choice(ANSWER_INSTRUCTIONS), f"Name the day that follows {DAYS[day]}.", DAYS[(day + 1) % 7]
+    if kind == 1:
+        month = rng.randrange(12)
+        return rng.choice(ANSWER_INSTRUCTIONS), f"Name the month before {MONTHS[month]}.", MONTHS[month - 1]
+    n = rng.randrange(1, 60)
+    return rng.choice(ANSWER_INSTRUCTIONS), f"Say the number that follows {number_words(n)}.", number_words(n + 1)
+
+
+def recall(rng: random.Random) -> Triple:
+    name, thing, place = rng.choice(NAMES), rng.choice(THINGS), rng.choice(PLACES)
+    spoken = f"{name} left the {thing} in the {place}."
+    if rng.random() < 0.5:
+        verb = "are" if thing.endswith("s") else "is"
+        return f"Where {verb} the {thing}?", spoken, f"in the {place}"
+    return f"Who left the {thing} in the {place}?", spoken, name
+
+
+FAMILIES: dict[str, Callable[[random.Random], Triple]] = {
+    "transcribe": transcribe,
+    "arithmetic": arithmetic,
+    "mcq": mcq,
+    "count": count,
+    "colour": colour,
+    "spell": spell,
+    "compare": compare,
+    "sequence": sequence,
+    "recall": recall,
+}
+# share of the examples each family gets (normalised)
+DEFAULT_MIX: dict[str, float] = {
+    "transcribe": 0.30,
+    "arithmetic": 0.12,
+    "mcq": 0.16,
+    "count": 0.08,
+    "colour": 0.08,
+    "spell": 0.05,
+    "compare": 0.07,
+    "sequence": 0.07,
+    "recall": 0.07,
+}
+
+
+def example_id(task: str, instruction: str, spoken_text: str) -> str:
+    digest = hashlib.sha256(json.dumps([task, instruction, spoken_text]).encode()).hexdigest()
+    return f"{task}-{digest[:12]}"
+
+
+def generate_examples(
+    n: int = 1000, *, seed: int = 0, mix: dict[str, float] | None = None, max_tries: int = 50
+) -> list[SpokenExample]:
+    """``n`` distinct examples (by instruction and spoken text), families in the proportions of ``mix``,
+    none overlapping the built-in benchmark. Deterministic for ``seed``; raises when a family cannot
+    produce enough distinct examples."""
+    from xkd_eval.builtin import is_builtin_text
+
+    mix = dict(mix or DEFAULT_MIX)
+    unknown = sorted(set(mix) - set(FAMILIES))
+    if unknown:
+        raise XkdError(f"unknown data families {unknown}; known: {', '.join(FAMILIES)}")
+    total = sum(mix.values())
+    if n < 1 or total <= 0:
+        raise XkdError("need n >= 1 and a mix with positive weights")
+    quotas = {name: int(n * weight / total) for name, weight in mix.items()}
+    for name in sorted(mix, key=lambda k: -mix[k])[: n - sum(quotas.values())]:  # hand out the remainder
+        quotas[name] += 1
+    rng = random.Random(seed)
+    examples: list[SpokenExample] = []
+    seen: set[tuple[str, str]] = set()
+    for name, quota in quotas.items():
+        made, tries = 0, 0
+        while made < quota:
+            tries += 1
+            if tries > quota * max_tries:
+                raise XkdError(f"data family {name!r} made only {made} distinct examples of {quota}")
+            instruction, spoken, response = FAMILIES[name](rng)
+            if (instruction, spoken) in seen or is_builtin_text(spoken) or is_builtin_text(f"{spoken} {instruction}"):
+                continue
+            seen.add((instruction, spoken))
+            uid = example_id(name, instruction, spoken)
+            examples.append(SpokenExample(uid, instruction, spoken, response, task=name))
+            made += 1
+    random.Random(seed + 1).shuffle(examples)
+    return examples
+
+
+# ---------------------------------------------------------------------------------------------- audio
+
+
+def synthesize_examples(
+    examples: Sequence[SpokenExample],
+    voices: Sequence[str] | None = None,
+    cache: str | os.PathLike | None = None,
+    *,
+    progress: bool = True,
+) -> list[SpokenExample]:
+    """Examples without audio get a clip of their spoken text (voice picked by example id, cached by
+    ``xkd_eval.tts``); examples with audio are kept as they are."""
+    from xkd_eval.tts import DEFAULT_VOICES, assign_voice, synthesize
+
+    voices = tuple(voices or DEFAULT_VOICES)
+    todo: dict[str, list[int]] = {}
+    for index, example in enumerate(examples):
+        if example.audio is None:
+            todo.setdefault(assign_voice(example.id, voices), []).append(index)
+    out = list(examples)
+    for voice in voices:
+        indices = todo.get(voice, [])
+        if not indices:
+            continue
+        paths = synthesize([examples[i].spoken_text for i in indices], voice, cache, progress=progress)
+        for i, path in zip(indices, paths, strict=True):
+            out[i] = dataclasses.replace(out[i], audio=str(path), voice=voice)
+    return out
+
+
+def load_example_audio(examples: Iterable[SpokenExample]) -> list[np.ndarray]:
+    """Each example's clip as mono float32 at 16 kHz (the evaluation's decoder)."""
+    from xkd_eval.audio import decode_audio
+
+    clips = []
+    for example in examples:
+        if example.audio is None:
+            raise XkdError(f"example {example.id!r} has no audio; synthesise it first")
+        clips.append(decode_audio(example.audio))
+    return clips
+
+
+# ---------------------------------------------------------------------------------------------- JSONL
+
+
+def read_examples_jsonl(path: str | os.PathLike) -> list[SpokenExample]:
+    """User adaptation data: one JSON object a line with ``instruction``, ``spoken_text``, ``response``
+    and optionally ``id`` (default: a content hash) and ``audio`` (a path, relative to the file; when
+    absent, the spoken text is synthesised)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DataFormatError(f"adaptation data file {path} does not exist")
+    examples: list[SpokenExample] = []
+    ids: set[str] = set()
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError as exc:
+                raise DataFormatError(f"{path}:{number}: not JSON: {exc}") from exc
+            if not isinstance(record, dict):
+                raise DataFormatError(f"{path}:{number}: expected a JSON object")
+            missing = [k for k in ("instruction", "spoken_text", "response") if not str(record.get(k) or "").strip()]
+            if missing and not (missing == ["spoken_text"] and record.get("audio")):
+                raise DataFormatError(f"{path}:{number}: missing {', '.join(missing)}")
+            instruction, spoken = str(record["instruction"]), str(record.get("spoken_text") or "")
+            example_id_ = str(record.get("id") or example_id("user", instruction, spoken))
+            if example_id_ in ids:
+                raise DataFormatError(f"{path}:{number}: duplicate id {example_id_!r}")
+            ids.add(example_id_)
+            audio = record.get("audio")
+            if audio is not None:
+                audio_path = Path(str(audio)).expanduser()
+                audio = str(audio_path if audio_path.is_absolute() else path.parent / audio_path)
+            examples.append(
+                SpokenExample(
+                    example_id_,
+                    instruction,
+                    spoken,
+                    str(record["response"]),
+                    audio=audio,
+                    task=str(record.get("task") or "user"),
+                    voice=record.get("voice"),
+                )
+            )
+    if not examples:
+        raise DataFormatError(f"{path} holds no examples")
+    return examples
+
+
+def write_examples_jsonl(examples: Iterable[SpokenExample], path: str | os.PathLike) -> Path:
+    """The examples as JSONL (audio paths as given), written atomically."""
+    from xkd_eval.io import atomic_write_text
+
+    path = Path(path)
+    atomic_write_text(path, "".join(json.dumps(e.record(), ensure_ascii=False) + "\n" for e in examples))
+    return path
+
+
+__all__ = [
+    "DEFAULT_MIX",
+    "FAMILIES",
+    "FIELDS",
+    "SpokenExample",
+    "generate_examples",
+    "load_example_audio",
+    "number_words",
+    "read_examples_jsonl",
+    "synthesize_examples",
+    "write_examples_jsonl",
+]

@@ -1,0 +1,727 @@
+"""Naive speech adaptation of a Qwen2-Audio-style speech LLM: projector and/or LoRA on the LLM, trained
+with cross-entropy on the assistant's response to spoken instructions.
+
+The loop, in order:
+
+1. each example's user turn is the audio placeholder and the instruction, rendered by the model's
+   chat template with the generation prompt; its ``<|AUDIO|>`` is expanded to the clip's audio-token
+   count; the response (and the end-of-turn token) follows. Only response tokens carry a label;
+2. the audio encoder never runs here: its outputs come from the feature cache
+   (``xkd_eval.distill.features``); the projector maps them into the embeddings at the audio positions;
+3. batches are drawn in a seeded order (a fresh permutation per epoch, a function of the seed and the
+   epoch only), so the step alone says which examples come next; the loss of an optimizer step is the
+   mean cross-entropy over all response tokens of its micro-batches;
+4. AdamW, linear warmup then cosine decay to zero, gradient clipping; a non-finite loss or gradient
+   stops the run naming the step and the example ids, leaving the last good checkpoint in place;
+5. checkpoints (trainable weights, optimizer, scheduler, RNG states, step, log) are written into a
+   temporary folder and renamed, every ``checkpoint_every`` steps and at the end; ``resume`` continues
+   from the latest one and reproduces the uninterrupted run's losses exactly on CPU.
+
+``adapt_organism(config, out_dir)`` runs everything for the embedded organism and exports the small
+trainable weights (``projector.safetensors``, LoRA ``adapter_model.safetensors`` + ``adapter_config.json``)
+and ``training.json``; ``apply_adapter`` puts them back into a base model (merged).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import re
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from xkd_eval.distill.config import AdaptConfig, load_config
+from xkd_eval.distill.data import SpokenExample
+from xkd_eval.distill.features import (
+    audio_token_id,
+    build_inputs_embeds,
+    expand_audio_tokens,
+    progress_bar,
+    projector,
+    unwrap,
+)
+from xkd_eval.errors import XkdError
+from xkd_eval.io import atomic_write_text
+
+IGNORE = -100
+PROJECTOR_FILE = "projector.safetensors"
+LORA_FILE = "adapter_model.safetensors"
+LORA_CONFIG_FILE = "adapter_config.json"
+TRAINING_FILE = "training.json"
+LOG_FILE = "training_log.json"
+CHECKPOINT_STATE = "state.json"  # written last: a checkpoint folder without it is incomplete
+# fields that may differ between a run and its resumption
+RESUMABLE_CHANGES = {"time_budget_s", "checkpoint_every", "keep_checkpoints", "log_every", "debug_inject_nan_step"}
+
+
+class TrainingDivergedError(XkdError):
+    """The loss or the gradient became NaN/inf; the message names the step, the examples and the last
+    good checkpoint."""
+
+
+# ---------------------------------------------------------------------------------------------- examples -> ids
+
+
+@dataclass
+class TrainExample:
+    """One tokenised example: prompt and response ids, and its clip's cached encoder features."""
+
+    id: str
+    input_ids: list[int]
+    prompt_len: int  # ids before the response (their labels are IGNORE)
+    features: torch.Tensor  # [n_audio_tokens, d_model]
+
+
+def user_messages(instruction: str) -> list[dict[str, Any]]:
+    """The user turn, as the ``qwen2-audio`` evaluation adapter builds it for the speech arm."""
+    content = [{"type": "audio", "audio_url": "clip.wav"}, {"type": "text", "text": instruction}]
+    return [{"role": "user", "content": content}]
+
+
+def render_prompt(processor: Any, instruction: str) -> str:
+    return processor.apply_chat_template(user_messages(instruction), tokenize=False, add_generation_prompt=True)
+
+
+def tokenize_example(processor: Any, example: SpokenExample, features: torch.Tensor) -> TrainExample:
+    """Prompt (audio expanded to ``len(features)`` tokens) + response + end-of-turn, tokenised as the
+    evaluation tokenises prompts and continuations."""
+    tokenizer = processor.tokenizer
+    audio_token = getattr(processor, "audio_token", "<|AUDIO|>")
+    prompt = expand_audio_tokens(render_prompt(processor, example.instruction), [features.shape[0]], audio_token)
+    prompt_ids = tokenizer(prompt)["input_ids"]
+    reply = example.response + (tokenizer.eos_token or "")
+    whole = tokenizer(prompt + reply, add_special_tokens=False)["input_ids"]
+    head = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    suffix = whole[len(head) :]
+    if whole[: len(head)] != head:  # a merge across the boundary: the reply alone (as the evaluation does)
+        suffix = tokenizer(reply, add_special_tokens=False)["input_ids"]
+    if not suffix:
+        raise XkdError(f"example {example.id!r} has an empty response")
+    return TrainExample(example.id, list(prompt_ids) + list(suffix), len(prompt_ids), features)
+
+
+@dataclass
+class Batch:
+    ids: list[str]
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor
+    features: list[torch.Tensor]
+
+    @property
+    def n_tokens(self) -> int:
+        return int((self.labels[:, 1:] != IGNORE).sum())
+
+
+def collate(examples: Sequence[TrainExample], pad_id: int) -> Batch:
+    """Right-padded ids, attention mask and labels (prompt and padding IGNORE)."""
+    width = max(len(e.input_ids) for e in examples)
+    input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(examples), width), dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
+    for row, example in enumerate(examples):
+        ids = torch.tensor(example.input_ids, dtype=torch.long)
+        input_ids[row, : len(ids)] = ids
+        attention[row, : len(ids)] = 1
+        labels[row, example.prompt_len : len(ids)] = ids[example.prompt_len :]
+    return Batch([e.id for e in examples], input_ids, attention, labels, [e.features for e in examples])
+
+
+class BatchOrder:
+    """Micro-batch ``i`` of a seeded, epoch-wise shuffled stream. Epoch ``e`` is a permutation drawn
+    from ``seed`` and ``e`` alone, cut into full batches (the remainder waits for the next epoch).
+    With ``lengths``, each window of ``group`` batches is sorted by length before it is cut (less
+    padding), and the batches of the epoch are then shuffled again (same seed)."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, lengths: Sequence[int] | None = None, group: int = 16):
+        if n < 1:
+            raise XkdError("no training examples")
+        self.n, self.batch_size, self.seed = n, min(batch_size, n), seed
+        self.lengths, self.group = (list(lengths) if lengths is not None else None), group
+        self.per_epoch = n // self.batch_size
+        self._epoch, self._batches = -1, []
+
+    def epoch(self, epoch: int) -> list[list[int]]:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        perm = torch.randperm(self.n, generator=generator).tolist()[: self.per_epoch * self.batch_size]
+        if self.lengths is not None:
+            window = self.batch_size * self.group
+            perm = [
+                i
+                for s in range(0, len(perm), window)
+                for i in sorted(perm[s : s + window], key=self.lengths.__getitem__)
+            ]
+        batches = [perm[s : s + self.batch_size] for s in range(0, len(perm), self.batch_size)]
+        if self.lengths is not None:
+            batches = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+        return batches
+
+    def __call__(self, index: int) -> list[int]:
+        epoch, position = divmod(index, self.per_epoch)
+        if epoch != self._epoch:
+            self._epoch, self._batches = epoch, self.epoch(epoch)
+        return self._batches[position]
+
+
+# ---------------------------------------------------------------------------------------------- model side
+
+
+class ResponseLoss(torch.nn.Module):
+    """Sum of the response tokens' cross-entropy, from cached encoder features (the encoder never runs;
+    the output head runs on the response positions only)."""
+
+    def __init__(self, model: Any) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask, labels, features):
+        base = unwrap(self.model)
+        embeds = build_inputs_embeds(base, input_ids, features)
+        hidden = base.model.language_model(
+            inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False
+        ).last_hidden_state
+        targets = labels[:, 1:]
+        keep = targets != IGNORE
+        logits = base.lm_head(hidden[:, :-1][keep]).float()
+        return torch.nn.functional.cross_entropy(logits, targets[keep], reduction="sum")
+
+
+def lora_target_regex(targets: Sequence[str], layers: Sequence[int] | None = None) -> str:
+    """A peft ``target_modules`` regex naming the LLM's linear layers only (the audio tower has
+    ``q_proj``/``k_proj``/``v_proj`` too)."""
+    layer = r"\d+" if layers is None else "(?:" + "|".join(str(int(i)) for i in layers) + ")"
+    names = "|".join(re.escape(t) for t in targets)
+    return rf".*language_model\.layers\.{layer}\.(?:self_attn|mlp)\.(?:{names})"
+
+
+def setup_trainable(model: Any, config: AdaptConfig) -> Any:
+    """Freeze everything, then: LoRA adapters on the LLM's linear layers (peft) and/or the projector.
+    Returns the model to train (a ``PeftModel`` when LoRA is on)."""
+    model.requires_grad_(False)
+    if config.uses_lora:
+        from peft import LoraConfig, get_peft_model
+
+        lora = LoraConfig(
+            r=config.lora_rank,
+            lora_alpha=config.lora_alpha,
+            lora_dropout=config.lora_dropout,
+            target_modules=lora_target_regex(config.lora_targets, config.lora_layers),
+            bias="none",
+        )
+        torch.manual_seed(config.seed)  # LoRA A matrices are drawn here
+        model = get_peft_model(model, lora)
+    if config.trains_projector:
+        projector(model).requires_grad_(True)
+    return model
+
+
+def trainable_parameters(module: Any) -> dict[str, Any]:
+    return {name: p for name, p in module.named_parameters() if p.requires_grad}
+
+
+def make_optimizer(module: Any, config: AdaptConfig):
+    groups: dict[tuple[float, float], list] = {}
+    for name, param in trainable_parameters(module).items():
+        lr = config.learning_rate
+        if "multi_modal_projector" in name and config.projector_learning_rate is not None:
+            lr = config.projector_learning_rate
+        decay = config.weight_decay if param.ndim >= 2 else 0.0
+        groups.setdefault((lr, decay), []).append(param)
+    if not groups:
+        raise XkdError(f"trainable scope {config.trainable!r} leaves nothing to train")
+    params = [{"params": p, "lr": lr, "weight_decay": wd} for (lr, wd), p in groups.items()]
+    return torch.optim.AdamW(params, lr=config.learning_rate, betas=config.adam_betas, weight_decay=0.0)
+
+
+def make_scheduler(optimizer, config: AdaptConfig):
+    from transformers import get_cosine_schedule_with_warmup
+
+    if not getattr(config, "cosine", True):
+        from transformers import get_linear_schedule_with_warmup
+
+        return get_linear_schedule_with_warmup(optimizer, config.warmup_steps, config.max_steps)
+    return get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.max_steps)
+
+
+# ---------------------------------------------------------------------------------------------- checkpoints
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def checkpoint_dirs(out_dir: str | os.PathLike) -> list[Path]:
+    """Complete checkpoints, oldest first."""
+    root = Path(out_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = [p for p in root.glob("step-*") if (p / CHECKPOINT_STATE).is_file()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+def save_checkpoint(out_dir: Path, step: int, module, optimizer, scheduler, state: dict[str, Any], keep: int) -> Path:
+    from safetensors.torch import save_file
+
+    root = out_dir / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{step:06d}"
+    tmp = root / f".step-{step:06d}.{os.getpid()}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        weights = {n: p.detach().cpu().contiguous() for n, p in trainable_parameters(module).items()}
+        save_file(weights, str(tmp / "trainable.safetensors"))
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        torch.save(_rng_state(), tmp / "rng.pt")
+        (tmp / CHECKPOINT_STATE).write_text(json.dumps({**state, "step": step}, indent=1) + "\n")
+        if final.exists():
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    for old in checkpoint_dirs(out_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(path: Path, module, optimizer, scheduler) -> dict[str, Any]:
+    from safetensors.torch import load_file
+
+    weights = load_file(str(path / "trainable.safetensors"))
+    params = trainable_parameters(module)
+    if set(weights) != set(params):
+        raise XkdError(f"checkpoint {path} holds other trainable weights than this run (another scope or LoRA?)")
+    with torch.no_grad():
+        for name, value in weights.items():
+            params[name].copy_(value)
+    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
+    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
+    _set_rng_state(torch.load(path / "rng.pt", weights_only=False))
+    return json.loads((path / CHECKPOINT_STATE).read_text())
+
+
+# ---------------------------------------------------------------------------------------------- the loop
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    seconds: float
+    log: list[dict[str, Any]] = field(default_factory=list)
+    stopped: str = "max_steps"  # max_steps | time_budget
+    resumed_from: int | None = None
+    checkpoint: str | None = None
+
+    @property
+    def losses(self) -> list[float]:
+        return [r["loss"] for r in self.log if "loss" in r]
+
+
+def _write_log(out_dir: Path, log: list[dict[str, Any]]) -> None:
+    atomic_write_text(out_dir / LOG_FILE, json.dumps(log, indent=0) + "\n")
+
+
+def train(
+    model: Any,
+    examples: Sequence[TrainExample],
+    config: AdaptConfig,
+    out_dir: str | os.PathLike,
+    *,
+    pad_id: int,
+    resume: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+    loss_module: torch.nn.Module | None = None,
+    collate_fn: Callable[[Sequence[Any]], Any] | None = None,
+    validate: Callable[[Any], dict[str, float]] | None = None,
+    eval_every: int | None = None,
+    lengths: Sequence[int] | None = None,
+) -> TrainResult:
+    """Train ``model`` (already set up by ``setup_trainable``) on tokenised examples; checkpoints and the
+    training log go to ``out_dir``. Raises TrainingDivergedError on a non-finite loss or gradient.
+
+    The loop is generic: by default the loss is the response cross-entropy of ``ResponseLoss`` over
+    ``collate``d ``TrainExample`` batches. A caller (the KD trainer) may pass its own ``loss_module``
+    (called as ``loss_module(batch)``, returning ``(loss_sum, parts)``: the loss summed over the batch's
+    tokens and a dict of named summed terms, all divided by the step's ``batch.n_tokens`` total) and
+    ``collate_fn`` (examples -> a batch with ``ids`` and ``n_tokens``). ``validate(module)`` (main process,
+    every ``eval_every`` steps and at the end) returns held-out figures recorded in the log as ``val_*``.
+    A KeyboardInterrupt writes a checkpoint of the last completed step, then propagates."""
+    from accelerate import Accelerator
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    say = log or (lambda message: None)
+    # mixed precision by an explicit autocast around the loss (accelerate's wrapper did not engage it on CPU)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.mixed_precision)
+    torch.manual_seed(config.seed)
+    custom = loss_module is not None
+    loss_module = loss_module if custom else ResponseLoss(model)
+    make_batch = collate_fn if collate_fn is not None else (lambda items: collate(items, pad_id))
+    optimizer = make_optimizer(loss_module, config)
+    scheduler = make_scheduler(optimizer, config)
+    loss_module, optimizer = accelerator.prepare(loss_module, optimizer)
+    if lengths is None and config.group_by_length:
+        lengths = [len(e.input_ids) for e in examples]
+    elif not config.group_by_length:
+        lengths = None
+    order = BatchOrder(len(examples), config.batch_size, config.seed, lengths)
+
+    step, seconds, history, resumed_from = 0, 0.0, [], None
+    if resume:
+        found = checkpoint_dirs(out_dir)
+        if found:
+            state = load_checkpoint(found[-1], accelerator.unwrap_model(loss_module), optimizer, scheduler)
+            now = config.to_dict()
+            changed = {k for k, v in state["config"].items() if k not in RESUMABLE_CHANGES and now.get(k) != v}
+            if changed:
+                raise XkdError(f"cannot resume from {found[-1]}: the config changed in {sorted(changed)}")
+            step, seconds, history = state["step"], state["seconds"], state["log"]
+            resumed_from = step
+            say(f"resumed from {found[-1]} (step {step})")
+    last_good = str(checkpoint_dirs(out_dir)[-1]) if checkpoint_dirs(out_dir) else None
+    result = TrainResult(step, seconds, history, resumed_from=resumed_from, checkpoint=last_good)
+
+    def checkpoint() -> None:
+        state = {"seconds": round(seconds, 3), "log": history, "config": config.to_dict()}
+        path = save_checkpoint(
+            out_dir, step, accelerator.unwrap_model(loss_module), optimizer, scheduler, state, config.keep_checkpoints
+        )
+        result.checkpoint = str(path)
+
+    def run_validation() -> None:
+        if validate is None or not accelerator.is_main_process:
+            return
+        inner = accelerator.unwrap_model(loss_module)
+        inner.eval()
+        with torch.no_grad():
+            figures = validate(inner)
+        inner.train()
+        record = {"step": step, **{f"val_{k}": v for k, v in figures.items()}}
+        history.append(record)
+        say(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in record.items() if k != "step"))
+
+    loss_module.train()
+    rank, world = accelerator.process_index, accelerator.num_processes
+    show = progress and accelerator.is_main_process
+    with (
+        _interrupt_guard(accelerator, checkpoint),
+        progress_bar(config.max_steps, "training", show, completed=step) as advance,
+    ):
+        while step < config.max_steps:
+            if config.time_budget_s is not None and seconds >= config.time_budget_s:
+                result.stopped = "time_budget"
+                break
+            started = time.perf_counter()
+            micro = [
+                make_batch([examples[i] for i in order(step * config.grad_accum + m)[rank::world]])
+                for m in range(config.grad_accum)
+            ]
+            n_tokens = sum(b.n_tokens for b in micro)
+            ids = [i for b in micro for i in b.ids]
+            total, parts_total = 0.0, {}
+            for m, batch in enumerate(micro):
+                sync = accelerator.no_sync(loss_module) if m < len(micro) - 1 else nullcontext()
+                autocast = torch.autocast(
+                    accelerator.device.type, dtype=half or torch.float32, enabled=half is not None
+                )
+                with sync, autocast:
+                    if custom:
+                        loss_sum, parts = loss_module(batch)
+                        loss = loss_sum / n_tokens
+                        for key, value in parts.items():
+                            parts_total[key] = parts_total.get(key, 0.0) + float(value) / n_tokens
+                    else:
+                        loss = loss_module(batch.input_ids, batch.attention_mask, batch.labels, batch.features)
+                        loss = loss / n_tokens
+                    if config.debug_inject_nan_step is not None and step + 1 == config.debug_inject_nan_step:
+                        loss = loss * float("nan")
+                    if not torch.isfinite(loss):
+                        _diverged(out_dir, history, step + 1, ids, f"loss {float(loss.detach())}", result.checkpoint)
+                    accelerator.backward(loss)
+                total += float(loss.detach())
+            grad_norm = None
+            if config.max_grad_norm is not None:
+                grad_norm = float(accelerator.clip_grad_norm_(loss_module.parameters(), config.max_grad_norm))
+                if not math.isfinite(grad_norm):
+                    _diverged(out_dir, history, step + 1, ids, f"gradient norm {grad_norm}", result.checkpoint)
+            lr = config.learning_rate * scheduler.get_last_lr()[0] / optimizer.param_groups[0]["initial_lr"]
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            seconds += time.perf_counter() - started
+            if step % config.log_every == 0 or step == config.max_steps:
+                record = {"step": step, "loss": total, "lr": lr, "seconds": round(seconds, 3), "tokens": n_tokens}
+                if grad_norm is not None:
+                    record["grad_norm"] = round(grad_norm, 6)
+                record.update(parts_total)
+                history.append(record)
+                if accelerator.is_main_process:
+                    _write_log(out_dir, history)
+            if eval_every and (step % eval_every == 0 or step == config.max_steps):
+                run_validation()
+            if step % config.checkpoint_every == 0 and accelerator.is_main_process:
+                checkpoint()
+            advance(1)
+    if accelerator.is_main_process:
+        if not checkpoint_dirs(out_dir) or int(checkpoint_dirs(out_dir)[-1].name.split("-")[1]) != step:
+            checkpoint()
+        _write_log(out_dir, history)
+    result.steps, result.seconds, result.log = step, seconds, history
+    return result
+
+
+class _interrupt_guard:
+    """On KeyboardInterrupt: checkpoint the last completed step (main process), then let it propagate."""
+
+    def __init__(self, accelerator: Any, checkpoint: Callable[[], None]) -> None:
+        self.accelerator, self.checkpoint = accelerator, checkpoint
+
+    def __enter__(self) -> _interrupt_guard:
+        return self
+
+    def __exit__(self, kind, value, traceback) -> bool:
+        if kind is KeyboardInterrupt and self.accelerator.is_main_process:
+            self.checkpoint()
+        return False
+
+
+def _diverged(out_dir: Path, history: list, step: int, ids: list[str], what: str, checkpoint: str | None) -> None:
+    history.append({"step": step, "error": f"non-finite {what}", "batch_ids": ids})
+    _write_log(out_dir, history)
+    kept = f"the last good checkpoint is {checkpoint}" if checkpoint else "no checkpoint was written before it"
+    raise TrainingDivergedError(
+        f"non-finite {what} at step {step} (batch ids: {', '.join(ids)}); stopped, {kept}. "
+        "Lower the learning rate or check those examples, then resume."
+    )
+
+
+# ---------------------------------------------------------------------------------------------- export / import
+
+
+def export_adapter(model: Any, config: AdaptConfig, out_dir: str | os.PathLike) -> list[Path]:
+    """Write the trainable weights: the projector (always) and the LoRA adapter (peft format) when on."""
+    from safetensors.torch import save_file
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    dtype = getattr(torch, config.save_dtype)
+    written = []
+    proj = {k: v.detach().cpu().to(dtype).contiguous() for k, v in projector(model).state_dict().items()}
+    save_file(proj, str(out_dir / PROJECTOR_FILE), metadata={"module": "multi_modal_projector"})
+    written.append(out_dir / PROJECTOR_FILE)
+    if config.uses_lora:
+        from peft.utils import get_peft_model_state_dict
+
+        lora = {k: v.detach().cpu().to(dtype).contiguous() for k, v in get_peft_model_state_dict(model).items()}
+        save_file(lora, str(out_dir / LORA_FILE), metadata={"format": "pt"})
+        model.peft_config["default"].save_pretrained(str(out_dir))
+        written += [out_dir / LORA_FILE, out_dir / LORA_CONFIG_FILE]
+    return written
+
+
+def apply_adapter(model: Any, adapter_dir: str | os.PathLike) -> Any:
+    """A base speech LLM with the exported adapter put back: the projector loaded and the LoRA weights
+    merged into the LLM (a plain ``Qwen2AudioForConditionalGeneration`` again)."""
+    from safetensors.torch import load_file
+
+    adapter_dir = Path(adapter_dir)
+    proj_file = adapter_dir / PROJECTOR_FILE
+    if not proj_file.is_file():
+        raise XkdError(f"{adapter_dir} has no {PROJECTOR_FILE}")
+    module = projector(model)
+    weights = load_file(str(proj_file))
+    with torch.no_grad():
+        for name, value in module.state_dict().items():
+            value.copy_(weights[name].to(value.dtype))
+    if (adapter_dir / LORA_CONFIG_FILE).is_file():
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
+    return model
+
+
+# ---------------------------------------------------------------------------------------------- organism
+
+
+def _load_speech_llm(folder: Path):
+    from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
+
+    processor = AutoProcessor.from_pretrained(str(folder))
+    model = Qwen2AudioForConditionalGeneration.from_pretrained(str(folder), dtype="float32")
+    return model, processor
+
+
+def prepare_data(
+    config: AdaptConfig,
+    model: Any,
+    processor: Any,
+    *,
+    feature_root: str | os.PathLike | None = None,
+    tts_cache: str | os.PathLike | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> tuple[list[SpokenExample], list[TrainExample], dict[str, Any]]:
+    """Generate (and/or read) the examples, synthesise their audio, fill the feature cache, tokenise."""
+    from xkd_eval.distill.data import generate_examples, load_example_audio, read_examples_jsonl, synthesize_examples
+    from xkd_eval.distill.features import CacheStats, FeatureCache, compute_features
+
+    say = log or (lambda message: None)
+    figures: dict[str, Any] = {}
+    started = time.perf_counter()
+    examples: list[SpokenExample] = []
+    if config.n_examples:
+        examples += generate_examples(config.n_examples, seed=config.data_seed, mix=config.data_mix)
+    if config.data_jsonl:
+        examples += read_examples_jsonl(config.data_jsonl)
+    examples = synthesize_examples(examples, config.voices, tts_cache, progress=progress)
+    figures["tts_seconds"] = round(time.perf_counter() - started, 1)
+    audios = load_example_audio(examples)
+    figures["audio_seconds"] = round(sum(a.size for a in audios) / 16_000, 1)
+    say(f"{len(examples)} examples, {figures['audio_seconds']} s of audio ({figures['tts_seconds']} s TTS)")
+    cache = FeatureCache.for_model(model, processor.feature_extractor, feature_root)
+    stats = CacheStats()
+    features = compute_features(
+        model,
+        processor.feature_extractor,
+        audios,
+        cache,
+        batch_size=config.encoder_batch_size,
+        window=config.feature_window,
+        progress=progress,
+        stats=stats,
+    )
+    figures |= {
+        "features_computed": stats.computed,
+        "features_reused": stats.reused,
+        "encoder_seconds": round(stats.encoder_seconds, 1),
+    }
+    say(f"encoder features: {stats.computed} computed ({stats.encoder_seconds:.0f} s), {stats.reused} cached")
+    prepared = [tokenize_example(processor, e, f) for e, f in zip(examples, features, strict=True)]
+    audio_id = audio_token_id(model)
+    for example, item in zip(prepared, features, strict=True):
+        if sum(1 for t in example.input_ids if t == audio_id) != item.shape[0]:
+            raise XkdError(f"example {example.id}: audio tokens and features disagree")
+    figures["tokens_mean"] = round(float(np.mean([len(e.input_ids) for e in prepared])), 1)
+    return examples, prepared, figures
+
+
+def adapt_organism(
+    config_path: str | os.PathLike | dict[str, Any] | AdaptConfig,
+    out_dir: str | os.PathLike,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] | None = print,
+) -> dict[str, Any]:
+    """Adapt the embedded speech LLM (or ``base_model``) by the recipe; write the adapter weights and
+    ``training.json`` into ``out_dir``; return the figures (steps, wall time, loss start/end ...)."""
+    from xkd_eval.distill.data import write_examples_jsonl
+
+    config = load_config(config_path)
+    out_dir = Path(out_dir).expanduser()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    say = log or (lambda message: None)
+    wall = time.perf_counter()
+    if config.base_model == "organism":
+        from xkd_eval.organism import speech_llm_base_dir
+
+        base_dir = speech_llm_base_dir(config.base_seed)
+    else:
+        base_dir = Path(config.base_model).expanduser()
+    say(f"base speech LLM: {base_dir}")
+    model, processor = _load_speech_llm(base_dir)
+    model.eval()
+    examples, prepared, figures = prepare_data(config, model, processor, progress=progress, log=say)
+    write_examples_jsonl(examples, out_dir / "data.jsonl")
+    model = setup_trainable(model, config)
+    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    say(f"trainable: {config.trainable}, {n_trainable:,} parameters")
+    result = train(
+        model,
+        prepared,
+        config,
+        out_dir,
+        pad_id=processor.tokenizer.pad_token_id,
+        resume=resume,
+        progress=progress,
+        log=say,
+    )
+    model.eval()
+    written = export_adapter(model, config, out_dir)
+    losses = result.losses
+    head = losses[: max(1, min(10, len(losses) // 10))]
+    tail = losses[-max(1, min(10, len(losses) // 10)) :]
+    figures |= {
+        "base_model": str(base_dir),
+        "examples": len(examples),
+        "families": {t: sum(1 for e in examples if e.task == t) for t in sorted({e.task for e in examples})},
+        "trainable_parameters": n_trainable,
+        "steps": result.steps,
+        "stopped": result.stopped,
+        "resumed_from": result.resumed_from,
+        "train_seconds": round(result.seconds, 1),
+        "wall_seconds": round(time.perf_counter() - wall, 1),
+        "loss_start": round(float(np.mean(head)), 4) if losses else None,
+        "loss_end": round(float(np.mean(tail)), 4) if losses else None,
+        "loss_first": losses[0] if losses else None,
+        "loss_last": losses[-1] if losses else None,
+        "loss_curve": [[r["step"], round(r["loss"], 4)] for r in result.log if "loss" in r][
+            :: max(1, len(losses) // 40)
+        ],
+        "adapter_files": {p.name: p.stat().st_size for p in written},
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "config": config.to_dict(),
+    }
+    atomic_write_text(out_dir / TRAINING_FILE, json.dumps(figures, indent=1) + "\n")
+    say(
+        f"adapted in {figures['train_seconds']} s of training ({result.steps} steps); loss "
+        f"{figures['loss_start']} -> {figures['loss_end']}; weights in {out_dir}"
+    )
+    return figures
+
+
+__all__ = [
+    "AdaptConfig",
+    "Batch",
+    "BatchOrder",
+    "TrainExample",
+    "TrainResult",
+    "TrainingDivergedError",
+    "adapt_organism",
+    "apply_adapter",
+    "checkpoint_dirs",
+    "collate",
+    "export_adapter",
+    "lora_target_regex",
+    "prepare_data",
+    "render_prompt",
+    "setup_trainable",
+    "tokenize_example",
+    "train",
+]

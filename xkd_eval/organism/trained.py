@@ -1,0 +1,127 @@
+"""The trained ``organism``: the assembled speech LLM after its naive speech adaptation.
+
+The adapter (projector + LoRA on SmolLM2, a few MB) is committed in ``weights/organism-adapter/`` with
+its ``training.json``; the recipe that rebuilds it is ``distill/organism-adapt.yaml`` (``xkd_eval.distill
+.train.adapt_organism``). ``organism_dir()`` merges it into the untrained speech LLM
+(``speech_llm_base_dir(seed)``, the seed read from the adapter's recipe) once, into the cache, keyed by
+a hash of the adapter files, and returns a folder the ``qwen2-audio`` adapter loads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from xkd_eval.errors import XkdError
+from xkd_eval.models.qwen2_audio import Qwen2AudioAdapter
+
+ORGANISM_NAME = "organism"
+ADAPTER_DIR = Path(__file__).parent / "weights" / "organism-adapter"
+ADAPTER_FILES = ("projector.safetensors", "adapter_model.safetensors", "adapter_config.json")
+
+
+def adapter_hash(adapter_dir: str | Path = ADAPTER_DIR) -> str:
+    """sha256 over the adapter's weight and config files (names and bytes)."""
+    adapter_dir = Path(adapter_dir)
+    if not (adapter_dir / ADAPTER_FILES[0]).is_file():
+        raise XkdError(
+            f"no trained organism adapter in {adapter_dir}; rebuild it with "
+            "xkd_eval.distill.train.adapt_organism('distill/organism-adapt.yaml', OUT) and copy OUT's "
+            f"{', '.join(ADAPTER_FILES)} and training.json there"
+        )
+    digest = hashlib.sha256()
+    for name in ADAPTER_FILES:
+        path = adapter_dir / name
+        if path.is_file():
+            digest.update(name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def adapter_base_seed(adapter_dir: str | Path = ADAPTER_DIR) -> int:
+    """The projector seed of the base speech LLM the adapter was trained on (from its training.json)."""
+    record = Path(adapter_dir) / "training.json"
+    if not record.is_file():
+        return 0
+    return int(json.loads(record.read_text()).get("config", {}).get("base_seed", 0))
+
+
+def merge_adapter(base_dir: str | Path, adapter_dir: str | Path, out_dir: str | Path) -> Path:
+    """Base speech LLM folder + exported adapter -> a merged, saved ``Qwen2AudioForConditionalGeneration``
+    with the base's processor. Written into a temporary folder and published with a completion marker;
+    a complete ``out_dir`` is returned as is."""
+    from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
+
+    from xkd_eval.distill.train import apply_adapter
+    from xkd_eval.organism.convert import _finish, _temp_dir, is_complete
+
+    base_dir, adapter_dir, out_dir = Path(base_dir), Path(adapter_dir), Path(out_dir)
+    if is_complete(out_dir, "organism"):
+        return out_dir
+    started = time.perf_counter()
+    model = Qwen2AudioForConditionalGeneration.from_pretrained(str(base_dir), dtype="float32")
+    processor = AutoProcessor.from_pretrained(str(base_dir))
+    model = apply_adapter(model, adapter_dir).eval()
+    tmp = _temp_dir(out_dir)
+    try:
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        _finish(
+            tmp,
+            out_dir,
+            "organism",
+            base=str(base_dir),
+            adapter=str(adapter_dir),
+            adapter_sha256=adapter_hash(adapter_dir),
+            seconds=round(time.perf_counter() - started, 1),
+        )
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
+
+
+def organism_dir(adapter_dir: str | Path = ADAPTER_DIR) -> Path:
+    """The trained organism as an HF folder (built once into the cache)."""
+    from xkd_eval.organism import _models_dir, speech_llm_base_dir
+    from xkd_eval.organism.convert import is_complete
+
+    key = adapter_hash(adapter_dir)
+    out = _models_dir() / f"organism-{key[:12]}"
+    if is_complete(out, "organism"):
+        return out
+    return merge_adapter(speech_llm_base_dir(adapter_base_seed(adapter_dir)), adapter_dir, out)
+
+
+class OrganismAdapter(Qwen2AudioAdapter):
+    """The trained organism, named ``organism`` (its revision: the adapter's sha256)."""
+
+    @property
+    def spec(self) -> str:
+        return ORGANISM_NAME
+
+
+def load_organism(*, device: str | None = None, dtype: str | None = None, **options: Any) -> Qwen2AudioAdapter:
+    """The ``organism`` named model: the trained speech LLM through the ``qwen2-audio`` adapter, named
+    by the adapter's hash rather than by its (machine-specific) cache path."""
+    from xkd_eval.models.hf import pick_device
+
+    folder = organism_dir()
+    device = pick_device(device)
+    model, processor = Qwen2AudioAdapter.load(str(folder), revision=None, device=device, dtype=dtype)
+    revision = f"organism-adapter sha256:{adapter_hash()}"
+    options.setdefault("encoder_cache", True)  # the encoder is frozen: its outputs per clip are reusable
+    return OrganismAdapter(ORGANISM_NAME, revision=revision, device=device, model=model, processor=processor, **options)
+
+
+__all__ = [
+    "ADAPTER_DIR",
+    "ORGANISM_NAME",
+    "OrganismAdapter",
+    "adapter_hash",
+    "load_organism",
+    "merge_adapter",
+    "organism_dir",
+]

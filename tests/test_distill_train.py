@@ -66,9 +66,7 @@ def prepared(tiny_dir, clips, tmp_path_factory):
     model, processor = load_tiny(tiny_dir)
     cache = FeatureCache.for_model(model, processor.feature_extractor, tmp_path_factory.mktemp("features"))
     features = compute_features(model, processor.feature_extractor, clips, cache, batch_size=5, progress=False)
-    examples = [
-        SpokenExample(f"ex-{i}", "Listen to the audio.", "-", WORDS[i % len(WORDS)]) for i in range(len(clips))
-    ]
+    examples = [SpokenExample(f"ex-{i}", "Listen to the audio.", "-", WORDS[i % len(WORDS)]) for i in range(len(clips))]
     return [tokenize_example(processor, e, f) for e, f in zip(examples, features, strict=True)]
 
 
@@ -96,7 +94,9 @@ def test_cached_features_reproduce_the_models_forward(tiny_dir, clips, tmp_path)
     audios = clips[:3] + [tone(2.7, seed=9)]
     messages = [[{"role": "user", "content": [{"type": "audio"}, {"type": "text", "text": "answer"}]}]]
     prompt = processor.apply_chat_template(messages[0], tokenize=False, add_generation_prompt=True)
-    batch = processor(text=[prompt] * len(audios), audio=audios, sampling_rate=16_000, return_tensors="pt", padding=True)
+    batch = processor(
+        text=[prompt] * len(audios), audio=audios, sampling_rate=16_000, return_tensors="pt", padding=True
+    )
     with torch.inference_mode():
         reference = model(**batch).logits
 

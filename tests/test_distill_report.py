@@ -1,0 +1,59 @@
+"""The before/after report of a distillation: shrinkage of forgetting and gap, paired over items."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from xkd_eval.analysis import build_summary, write_tables
+from xkd_eval.distill.report import shrinkage, write_distill_report
+
+
+def run_table(slm_text_correct: np.ndarray, slm_speech_correct: np.ndarray) -> pd.DataFrame:
+    rows = []
+    n = len(slm_text_correct)
+    for arm, values in (("base_text", np.ones(n)), ("slm_text", slm_text_correct), ("slm_speech", slm_speech_correct)):
+        for i, value in enumerate(values):
+            rows.append({
+                "task": "builtin/mcq", "item_id": f"q{i}", "arm": arm, "model": "m", "response": "A",
+                "extracted": "A", "correct": bool(value), "score": float(value), "extraction_failed": False,
+                "error": None, "scorer": "mcq", "binary": True, "unit": "percent", "mcq_mode": "cloze",
+                "prompt": "p", "latency_s": 0.1,
+            })  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def write_run(folder, table):
+    summary = build_summary(table, model="student", base="teacher", breakdowns={}, n_boot=200)
+    write_tables(table, folder, summary)
+
+
+def test_shrinkage_hand_worked(tmp_path):
+    rng = np.random.default_rng(0)
+    n = 40
+    before_text = (rng.random(n) < 0.5).astype(float)  # forgetting 50 points
+    before_speech = before_text * (rng.random(n) < 0.5)  # a gap on top
+    after_text = np.maximum(before_text, (rng.random(n) < 0.6).astype(float))  # distillation repairs some
+    after_speech = np.maximum(before_speech, after_text * (rng.random(n) < 0.6))
+    write_run(tmp_path / "before", run_table(before_text, before_speech))
+    write_run(tmp_path / "after", run_table(after_text, after_speech))
+    result = shrinkage(tmp_path / "before", tmp_path / "after", n_boot=500)["builtin/mcq"]
+    forgetting = result["forgetting"]
+    assert forgetting["before"] == pytest.approx(100 * (1 - before_text.mean()))
+    assert forgetting["after"] == pytest.approx(100 * (1 - after_text.mean()))
+    assert forgetting["shrank_by"] == pytest.approx(forgetting["before"] - forgetting["after"])
+    assert forgetting["ci"][0] <= forgetting["shrank_by"] <= forgetting["ci"][1]
+    assert result["gap"]["before"] == pytest.approx(100 * (before_text.mean() - before_speech.mean()))
+    assert result["n"] == n
+
+    (tmp_path / "training.json").write_text(
+        json.dumps(
+            {"teacher": "t", "student": "s", "log": [{"step": s, "tt_kd": 1 / s, "st_kd": 2 / s} for s in range(1, 9)]}
+        )
+    )
+    report = write_distill_report(tmp_path).read_text()
+    assert "builtin/mcq" in report and "shrank by" in report
+    assert (tmp_path / "training_curves.png").is_file() and (tmp_path / "shrinkage.json").is_file()

@@ -147,3 +147,29 @@ def test_encoder_cache_gives_the_same_answers_and_skips_the_encoder(tiny_slm, tm
     tower = cached.model.model.audio_tower if hasattr(cached.model, "model") else cached.model.audio_tower
     tower.forward = lambda *a, **k: pytest.fail("the encoder ran again")
     assert cached.generate(queries, SETTINGS) == plain.generate(queries, SETTINGS)
+
+
+@pytest.mark.parametrize("which", ["text", "speech", "speech-cached"])
+def test_options_of_one_prompt_share_its_pass(which, tiny_text, tiny_slm, tmp_path):
+    """MCQ options reuse one pass over their prompt (KV cache): the same logits as separate sequences."""
+    import numpy as np
+
+    from xkd_eval.models import Query
+
+    rng = np.random.default_rng(1)
+    if which == "text":
+        model = load_model(str(tiny_text))
+        first, second = Query("a", "Which is a mammal?"), Query("b", "The capital of France is")
+    else:
+        options = {"encoder_cache": str(tmp_path)} if which == "speech-cached" else {}
+        model = load_model(str(tiny_slm), **options)
+        first = Query("a", "Listen", (0.1 * rng.standard_normal(16000)).astype("float32"))
+        second = Query("b", "Listen", (0.1 * rng.standard_normal(30000)).astype("float32"))
+    queries = [first, first, first, second, second]
+    continuations = ["whale", "shark fish", "A", "Paris", "Lyon is big"]
+    shared = model.continuation_logits(queries, continuations)
+    model.shares_prefixes = False
+    joint = model.continuation_logits(queries, continuations)
+    for (s_logits, s_ids), (j_logits, j_ids) in zip(shared, joint, strict=True):
+        assert s_ids.tolist() == j_ids.tolist()
+        assert (s_logits - j_logits).abs().max() < 1e-4

@@ -121,6 +121,7 @@ def _measure(
         written = measure(
             model=model, base=base, tasks=tasks, arms=arms, config=config, diagnostics=diagnostics,
             model_options={"device": device} if device else None,
+            base_options={"device": device} if device else None,
         )  # fmt: skip
     except XkdError as exc:
         fail(str(exc))
@@ -253,6 +254,54 @@ def tts(
     typer.echo(export.summary())
     for item_id, reason in export.problems:
         typer.secho(f"skipped {item_id}: {reason}", fg=typer.colors.YELLOW)
+
+
+class Channels(str, Enum):
+    both = "both"
+    tt = "tt"
+    st = "st"
+
+
+@app.command()
+def distill(
+    out: OutOpt,
+    teacher: Annotated[str | None, typer.Option(help="The text LLM teacher (default: the recipe's).")] = None,
+    student: Annotated[str | None, typer.Option(help="The speech LLM student (default: the recipe's).")] = None,
+    data: Annotated[
+        str | None, typer.Option(help="JSONL of instructions (and responses), or hub:Open-Orca/OpenOrca.")
+    ] = None,
+    config: Annotated[Path, typer.Option(help="The recipe (distill/*.yaml).")] = Path("distill/organism.yaml"),
+    eval_task: Annotated[
+        list[str], typer.Option("--eval", help="Measure forgetting and the gap on these tasks before and after.")
+    ] = [],  # noqa: B006 - typer reads the default
+    channels: Annotated[
+        Channels | None, typer.Option(help="Ablation: both channels, T→T only (tt) or S→T only (st).")
+    ] = None,
+    resume: Annotated[bool, typer.Option(help="Continue training from the last checkpoint in --out.")] = False,
+    limit: LimitOpt = None,
+    mcq_mode: McqOpt = McqMode.cloze,
+    batch_size: BatchOpt = 16,
+    max_new_tokens: TokensOpt = 48,
+) -> None:
+    """Cross-modal knowledge distillation (T→T + S→T) with before/after measurements."""
+    from xkd_eval.distill.pipeline import run_distillation
+    from xkd_eval.models.base import GenerationSettings
+    from xkd_eval.runner.core import RunConfig
+
+    eval_config = RunConfig(
+        out_dir=out / "before", settings=GenerationSettings(max_new_tokens=max_new_tokens),
+        mcq_mode=mcq_mode.value, batch_size=batch_size, limit=limit,
+    )  # fmt: skip
+    try:
+        figures = run_distillation(
+            teacher=teacher, student=student, data=data, config=config, out=out, eval_tasks=eval_task,
+            channels=channels.value if channels else None, resume=resume, eval_config=eval_config,
+        )  # fmt: skip
+    except XkdError as exc:
+        fail(str(exc))
+    typer.echo(f"distilled student: {figures['distilled_model']}")
+    if eval_task:
+        typer.echo(f"report: {out / 'report.md'}")
 
 
 @app.command("adapt-organism")

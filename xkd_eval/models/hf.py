@@ -125,12 +125,24 @@ class HFChatAdapter(ModelAdapter):
         return whole[len(head) :]
 
     def continuation_logits(self, queries: Sequence[Query], continuations: Sequence[str]):
-        import torch
-
         if not queries:
             return []
         prompts = [self.render_prompt(q) for q in queries]
         suffixes = [self._suffix_ids(p, c) for p, c in zip(prompts, continuations, strict=True)]
+        groups: dict[tuple, int] = {}
+        owner = [
+            groups.setdefault((q.item_id, p, id(q.audio)), len(groups)) for q, p in zip(queries, prompts, strict=True)
+        ]
+        if len(groups) < len(queries) and self.shares_prefixes:
+            return self._shared_prefix_logits(queries, prompts, suffixes, owner, len(groups))
+        return self._joint_logits(queries, prompts, suffixes)
+
+    # several continuations of one prompt (MCQ options) reuse one pass over the prompt through the KV cache
+    shares_prefixes = True
+
+    def _joint_logits(self, queries, prompts, suffixes):
+        import torch
+
         self.tokenizer.padding_side = "right"
         batch = self.encode(prompts, queries)
         # append each continuation after its own prompt, inside the right-padded batch
@@ -149,6 +161,50 @@ class HFChatAdapter(ModelAdapter):
         out = []
         for row, (n, suffix) in enumerate(zip(lengths, suffixes, strict=True)):
             out.append((logits[row, n - 1 : n - 1 + len(suffix)].float().cpu(), torch.tensor(suffix)))
+        return out
+
+    def _shared_prefix_logits(self, queries, prompts, suffixes, owner, n_groups):
+        """Left-padded prompts once, with the cache; then every continuation after its prompt's cache."""
+        import torch
+
+        first = {}
+        for row, group in enumerate(owner):
+            first.setdefault(group, row)
+        heads = [first[g] for g in range(n_groups)]
+        self.tokenizer.padding_side = "left"
+        batch = self._to_device(self.encode([prompts[r] for r in heads], [queries[r] for r in heads]))
+        with torch.inference_mode():
+            prefix = self.model(**self.model_inputs(batch, generation=False), use_cache=True)
+            last = prefix.logits[:, -1].float()
+            cache = prefix.cache
+            index = torch.tensor(owner, device=last.device)
+            cache.reorder_cache(index)  # one cache row per continuation
+            width = max(1, max(len(s) for s in suffixes))
+            pad = self.tokenizer.pad_token_id
+            ids = torch.full((len(owner), width), pad, dtype=torch.long, device=last.device)
+            for row, suffix in enumerate(suffixes):
+                ids[row, : len(suffix)] = torch.tensor(suffix, dtype=torch.long)
+            prompt_mask = batch["attention_mask"].index_select(0, index)
+            suffix_mask = (
+                torch.arange(width, device=last.device)[None, :]
+                < torch.tensor([len(s) for s in suffixes], device=last.device)[:, None]
+            ).to(prompt_mask.dtype)
+            # the prompt pass placed its tokens at 0..P-1, pads included: continue from P (RoPE only sees
+            # differences, so the left pads shift nothing)
+            position_ids = prompt_mask.shape[1] + torch.arange(width, device=last.device)[None, :]
+            logits = self.model(
+                input_ids=ids,
+                attention_mask=torch.cat([prompt_mask, suffix_mask], dim=1),
+                position_ids=position_ids,
+                cache=cache,
+                use_cache=True,
+            ).logits.float()
+        out = []
+        for row, suffix in enumerate(suffixes):
+            rows = [last[owner[row]][None, :]]
+            if len(suffix) > 1:
+                rows.append(logits[row, : len(suffix) - 1])
+            out.append((torch.cat(rows, dim=0).cpu(), torch.tensor(suffix)))
         return out
 
     def vocabulary(self) -> dict[str, int]:

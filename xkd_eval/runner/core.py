@@ -61,6 +61,9 @@ class RunConfig:
         if self.batch_size < 1:
             raise XkdError("--batch-size must be >= 1")
 
+    def with_out(self, out_dir: Path) -> RunConfig:
+        return replace(self, out_dir=Path(out_dir))
+
     @classmethod
     def sharded_from_env(cls, **kwargs: Any) -> RunConfig:
         """Rank and world size from torchrun/accelerate's environment (RANK, WORLD_SIZE)."""

@@ -58,6 +58,7 @@ def measure(
     config: RunConfig,
     diagnostics: Sequence[str] = (),
     model_options: dict[str, Any] | None = None,
+    base_options: dict[str, Any] | None = None,
 ) -> Path | None:
     """Run the arms, then (on rank 0) write items.parquet/csv, summary.json, report.md and plots.
 
@@ -85,13 +86,14 @@ def measure(
 
     rows: list[dict[str, Any]] = []
     options = model_options or {}
+    role_options = {"base": base_options or {}, "slm": options}
     with _progress() as progress:
         for role, spec in (("base", base), ("slm", model)):
             role_arms = [a for a in arms if ARMS[a][0] == role]
             if not role_arms or spec is None:
                 continue
             t0 = time.perf_counter()
-            adapter = load_model(spec, **options)
+            adapter = load_model(spec, **role_options[role])
             timings[f"load {role} model"] = time.perf_counter() - t0
             for run in runs:
                 for arm in role_arms:
@@ -108,7 +110,7 @@ def measure(
         rows = _gather(rows, out, config)
         if rows is None:
             return None
-    diag = _kl(model, base, runs, rows, config, options) if "kl" in diagnostics else None
+    diag = _kl(model, base, runs, rows, config, options, base_options or {}) if "kl" in diagnostics else None
     return write_outputs(rows, runs, model=model, base=base, config=config, timings=timings, diagnostics=diag)
 
 
@@ -134,13 +136,13 @@ def _gather(rows: list[dict[str, Any]], out: Path, config: RunConfig, timeout_s:
     return merged
 
 
-def _kl(model: str, base: str | None, runs: list[TaskRun], rows, config: RunConfig, options) -> dict[str, Any]:
+def _kl(model: str, base: str | None, runs: list[TaskRun], rows, config: RunConfig, options, base_options) -> dict:
     from xkd_eval.audio import load_all_audio
     from xkd_eval.models import load_model
     from xkd_eval.runner.diagnostics import check_same_vocabulary, kl_diagnostics
 
     slm = load_model(model, **options)
-    base_model = load_model(base, **options) if base else None
+    base_model = load_model(base, **base_options) if base else None
     if base_model is not None:
         check_same_vocabulary(base_model, slm)
     source_arm = "base_text" if base else "slm_text"

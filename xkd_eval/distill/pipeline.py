@@ -1,0 +1,63 @@
+"""``xkd-eval distill``: measure, distil, measure again, and report what changed.
+
+With ``--eval`` tasks, the student is measured against the teacher (all three arms) before and after
+training, on the same items and settings, into ``before/`` and ``after/``; ``report.md`` then shows by
+how much forgetting and the gap shrank (paired over items), listening retention, and the training
+curves per channel.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from xkd_eval.io import atomic_write_text
+
+CHANNELS = {"both": (1.0, 1.0), "tt": (1.0, 0.0), "st": (0.0, 1.0)}
+
+
+def run_distillation(
+    *,
+    teacher: str | None,
+    student: str | None,
+    data: str | None,
+    config: str | Path,
+    out: Path,
+    eval_tasks: Sequence[str] = (),
+    channels: str | None = None,
+    resume: bool = False,
+    eval_config: Any = None,
+) -> dict[str, Any]:
+    from xkd_eval.distill.kd import distill, load_kd_config
+    from xkd_eval.runner.measure import measure
+
+    kd_config = load_kd_config(config)
+    if channels:
+        tt, st = CHANNELS[channels]
+        kd_config = kd_config.replace(tt_weight=tt, st_weight=st)
+    teacher, student = teacher or kd_config.teacher, student or kd_config.student
+    arms = ["base_text", "slm_text", "slm_speech"]
+    if eval_tasks:
+        measure(model=student, base=teacher, tasks=eval_tasks, arms=arms, config=eval_config.with_out(out / "before"))
+    figures = distill(teacher, student, data, out / "train", kd_config, resume=resume)
+    training = json.loads((out / "train" / "training.json").read_text())
+    atomic_write_text(out / "training.json", json.dumps(training | {"teacher": teacher, "student": student}, indent=2))
+    distilled = f"qwen2-audio:{(out / 'train' / 'student').resolve()}"
+    if eval_tasks:
+        measure(
+            model=distilled,
+            base=teacher,
+            tasks=eval_tasks,
+            arms=arms,
+            config=eval_config.with_out(out / "after"),
+            model_options={"encoder_cache": True},
+        )
+        from xkd_eval.distill.report import write_distill_report
+
+        write_distill_report(out)
+    for leftover in ("before", "after"):
+        shutil.rmtree(out / leftover / "shards", ignore_errors=True)
+    return figures | {"distilled_model": distilled}

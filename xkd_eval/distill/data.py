@@ -68,9 +68,18 @@ TENS = {30: "thirty", 40: "forty", 50: "fifty", 60: "sixty", 70: "seventy", 80: 
 DAYS = "Monday Tuesday Wednesday Thursday Friday Saturday Sunday".split()
 MONTHS = "January February March April May June July August September October November December".split()
 COLOURS = "red blue green yellow orange purple pink brown black white grey".split()
-NAMES = "Anna Ben Clara David Emma Felix Grace Henry Iris Jack Lucy Max Nina Oscar Paula Sam Tom Vera".split()
-OBJECTS = "hat scarf kite cup door bike boat shirt bag lamp chair ball box umbrella coat mug pen sofa".split()
-PLACES = "kitchen garden park library station market office attic garage hallway bakery museum".split()
+NAMES = (
+    "Anna Ben Clara David Emma Felix Grace Henry Iris Jack Lucy Max Nina Oscar Paula Sam Tom Vera Alice Peter "
+    "Rosa Omar Julia Leo Sofia Hugo Maria Victor Ella Noah"
+).split()
+OBJECTS = (
+    "hat scarf kite cup door bike boat shirt bag lamp chair ball box umbrella coat mug pen sofa basket ladder "
+    "bucket candle clock mirror pillow blanket camera guitar piano radio kettle bottle jacket wagon"
+).split()
+PLACES = (
+    "kitchen garden park library station market office attic garage hallway bakery museum harbour village "
+    "forest cellar classroom playground bridge farm"
+).split()
 ANIMALS = "cats dogs birds rabbits horses ducks goats sheep".split()
 FRUITS = "apples pears plums oranges lemons peaches".split()
 THINGS = "keys wallet glasses phone ticket notebook gloves bottle".split()
@@ -84,8 +93,20 @@ VERBS = (
     ("fixed", "the {adj} {obj}"),
     ("hid", "the {adj} {obj}"),
 )
-ADJECTIVES = "old new small big shiny heavy soft broken wooden striped".split()
-TIMES = ("this morning", "last night", "on Sunday", "after lunch", "before dinner", "at noon", "yesterday")
+ADJECTIVES = "old new small big shiny heavy soft broken wooden striped dusty tiny bright dark clean empty".split()
+TIMES = (
+    "this morning", "last night", "on Sunday", "after lunch", "before dinner", "at noon", "yesterday",
+    "on Monday", "in the evening", "last week", "every day", "after school",
+)  # fmt: skip
+ACTIONS = (
+    "is reading a letter", "is cooking soup", "is singing a song", "is painting a picture", "is washing the dishes",
+    "is walking the dog", "is writing a story", "is playing the piano", "is waiting for the bus",
+    "is looking for a key", "is building a fence", "is counting the coins", "is drawing a map",
+)  # fmt: skip
+WEATHER = (
+    "It was raining", "The wind was cold", "The sun was shining", "It was snowing", "The sky was grey",
+    "The air was warm", "A storm was coming",
+)  # fmt: skip
 SPELL_WORDS = (
     "lamp desk frog milk rain star ship coin road tree bell fork nest ring sock drum leaf rope vase kite "
     "mint tent wolf seed"
@@ -121,8 +142,17 @@ Triple = tuple[str, str, str]
 def _sentence(rng: random.Random) -> str:
     name = rng.choice(NAMES)
     verb, phrase = rng.choice(VERBS)
-    obj = phrase.format(adj=rng.choice(ADJECTIVES), obj=rng.choice(OBJECTS)).replace("a old", "an old")
-    shape = rng.randrange(4)
+    adjective = rng.choice(ADJECTIVES)
+    obj = phrase.format(adj=adjective, obj=rng.choice(OBJECTS))
+    if adjective[0] in "aeiou":
+        obj = obj.replace(f"a {adjective}", f"an {adjective}")
+    shape = rng.randrange(7)
+    if shape == 4:
+        return f"{name} {rng.choice(ACTIONS)} in the {rng.choice(PLACES)}."
+    if shape == 5:
+        return f"{rng.choice(WEATHER)} when {name} {verb} {obj}."
+    if shape == 6:
+        return f"{name} {rng.choice(ACTIONS)} {rng.choice(TIMES)}."
     if shape == 0:
         return f"{name} {verb} {obj} in the {rng.choice(PLACES)}."
     if shape == 1:
@@ -323,6 +353,81 @@ def generate_examples(
     return examples
 
 
+# ---------------------------------------------------------------------------------------------- held-out task
+
+
+def heldout_mcq_records(
+    n: int = 80, *, seed: int = 10_000, exclude: Iterable[SpokenExample] = ()
+) -> list[dict[str, Any]]:
+    """``n`` spoken 4-option questions of the ``mcq`` family, as ``jsonl:`` task records (prompt with
+    "A. ..." lines, ``choices``, letter ``reference``, ``spoken_text``), none of which (question and
+    option set) occurs in ``exclude`` (the training examples) or in the built-in benchmark: an
+    in-domain test of the speech arm on items like, but not in, the adaptation data. (A question may
+    recur with other options: "Name the day that follows Tuesday" has only seven forms.)"""
+    from xkd_eval.builtin import is_builtin_text
+
+    def content(spoken: str) -> tuple[str, frozenset[str]]:
+        question, _, read = spoken.partition(" Is it ")
+        options = [part.strip().removeprefix("or ").split(", ", 1)[-1] for part in read.rstrip("?").split(";")]
+        return question, frozenset(options)
+
+    seen = {content(e.spoken_text) for e in exclude if " Is it " in e.spoken_text}
+    rng = random.Random(seed)
+    records: list[dict[str, Any]] = []
+    tries = 0
+    while len(records) < n:
+        tries += 1
+        if tries > n * 200:
+            raise XkdError(f"only {len(records)} held-out questions of {n} are distinct from the training data")
+        question, answer, distractors = _mcq_question(rng)
+        options = [answer, *distractors]
+        key = (question, frozenset(options))
+        if key in seen or is_builtin_text(question):
+            continue
+        seen.add(key)
+        rng.shuffle(options)
+        letters = "ABCD"
+        read = "; ".join(("or " if i == 3 else "") + f"{letters[i]}, {text}" for i, text in enumerate(options))
+        records.append(
+            {
+                "id": f"heldout-mcq-{len(records) + 1:03d}",
+                "prompt": question + "".join(f"\n{letters[i]}. {text}" for i, text in enumerate(options)),
+                "choices": options,
+                "reference": letters[options.index(answer)],
+                "scorer": "mcq",
+                "spoken_text": f"{question} Is it {read}?",
+            }
+        )
+    return records
+
+
+def write_heldout_mcq_task(
+    out_dir: str | os.PathLike,
+    *,
+    n: int = 80,
+    seed: int = 10_000,
+    exclude: Iterable[SpokenExample] = (),
+    voices: Sequence[str] | None = None,
+    progress: bool = True,
+) -> Path:
+    """Synthesise ``heldout_mcq_records`` (voice by item id) into ``out_dir/heldout-mcq.jsonl`` with
+    ``audio`` paths relative to it: load it as ``jsonl:<out_dir>/heldout-mcq.jsonl``."""
+    from xkd_eval.io import atomic_write_text
+
+    out = Path(out_dir).expanduser()
+    records = heldout_mcq_records(n, seed=seed, exclude=exclude)
+    spoken = synthesize_examples(
+        [SpokenExample(r["id"], "", r["spoken_text"], "") for r in records], voices, out / "audio", progress=progress
+    )
+    lines = []
+    for record, example in zip(records, spoken, strict=True):
+        audio = Path(str(example.audio)).relative_to(out).as_posix()
+        lines.append(json.dumps({**record, "audio": audio, "voice": example.voice}, ensure_ascii=False) + "\n")
+    path = out / "heldout-mcq.jsonl"
+    atomic_write_text(path, "".join(lines))
+    return path
+
+
 # ---------------------------------------------------------------------------------------------- audio
 
 
@@ -430,9 +535,11 @@ __all__ = [
     "FIELDS",
     "SpokenExample",
     "generate_examples",
+    "heldout_mcq_records",
     "load_example_audio",
     "number_words",
     "read_examples_jsonl",
     "synthesize_examples",
     "write_examples_jsonl",
+    "write_heldout_mcq_task",
 ]

@@ -61,7 +61,9 @@ TRAINING_FILE = "training.json"
 LOG_FILE = "training_log.json"
 CHECKPOINT_STATE = "state.json"  # written last: a checkpoint folder without it is incomplete
 # fields that may differ between a run and its resumption
-RESUMABLE_CHANGES = {"time_budget_s", "checkpoint_every", "keep_checkpoints", "log_every", "debug_inject_nan_step"}
+RESUMABLE_CHANGES = {
+    "time_budget_s", "checkpoint_every", "keep_checkpoints", "log_every", "debug_inject_nan_step", "num_threads",
+}  # fmt: skip
 
 
 class TrainingDivergedError(XkdError):
@@ -643,6 +645,8 @@ def adapt_organism(
     from xkd_eval.distill.data import write_examples_jsonl
 
     config = load_config(config_path)
+    if config.num_threads is not None:
+        torch.set_num_threads(config.num_threads)
     out_dir = Path(out_dir).expanduser()
     out_dir.mkdir(parents=True, exist_ok=True)
     say = log or (lambda message: None)

@@ -1,0 +1,247 @@
+"""Distillation throughput: training tokens/s and peak RSS of
+
+(a) our cached path: teacher top-k logits from disk (filled by a separate process first, so the
+    trainer never runs the teacher) and cached audio-encoder features;
+(b) the teacher run on the fly every step (GKD-style, teacher resident);
+(c) TRL's ``GKDTrainer`` on the T→T channel (teacher resident, lmbda=0: no on-policy generation), when
+    ``trl`` imports (``pip install --target DIR trl`` and ``XKD_TRL_PATH=DIR`` keep it out of the venv).
+
+Same tiny-but-not-trivial pair (hidden 256, 4 layers, same tokenizer), same data, same steps. Each path
+runs in its own subprocess (peak RSS = that process's ru_maxrss). "Training tokens" are response tokens
+× channels; (a) and (b) train both channels; (a_tt) is (a) with T→T only, comparable with (c).
+The last line printed is one JSON object.
+
+    python benchmarks/distill_throughput.py [--steps 10] [--batch-size 8] [--repeats 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+WORDS = ["yes", "no", "answer", "question", "audio", "speech", "text", "option", "sentence", "mammal", "whale"]
+SIZE = dict(hidden_size=256, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2)
+
+
+def build(work: Path, n: int) -> tuple[str, str, str]:
+    import soundfile as sf
+    import torch
+    from conftest import tone
+    from tiny_models import build_qwen2_audio, build_tokenizer, llama_config
+    from transformers import LlamaForCausalLM
+
+    teacher = work / "teacher"
+    tokenizer = build_tokenizer(teacher)
+    torch.manual_seed(1)
+    config = llama_config(
+        len(tokenizer), eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **SIZE
+    )
+    LlamaForCausalLM(config).save_pretrained(teacher)
+    student = build_qwen2_audio(work / "student", seed=0, **SIZE)
+    lines = []
+    for i in range(n):
+        sf.write(work / f"clip{i}.wav", tone(1.0 + 0.1 * (i % 5), freq=180.0 + 20 * i, seed=i), 16_000)
+        instruction = " ".join(WORDS[(i + j) % len(WORDS)] for j in range(6)) + " question"
+        response = " ".join(WORDS[(3 * i + j) % len(WORDS)] for j in range(24))
+        lines.append({"id": f"b{i}", "instruction": instruction, "response": response, "audio": f"clip{i}.wav"})
+    data = work / "data.jsonl"
+    data.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    return str(teacher), str(student), str(data)
+
+
+def kd_config(mode: str, steps: int, batch: int):
+    from xkd_eval.distill.kd import KDConfig
+
+    return KDConfig(
+        targets="data",
+        top_k=64,
+        trainable="projector+lora",
+        lora_rank=8,
+        lora_alpha=16,
+        learning_rate=1e-4,
+        batch_size=batch,
+        max_steps=steps,
+        eval_fraction=0.0,
+        checkpoint_every=10_000,
+        mixed_precision="no",
+        teacher_mode="on_the_fly" if mode == "on_the_fly" else "cached",
+        st_weight=0.0 if mode == "cached_tt" else 1.0,
+    )
+
+
+def child(mode: str, work: Path, steps: int, batch: int) -> dict:
+    import torch
+
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    teacher, student, data = (str(work / "teacher"), str(work / "student"), str(work / "data.jsonl"))
+    out = work / f"out-{mode}"
+    if mode == "trl":
+        return trl_child(teacher, student, data, out, steps, batch)
+    from xkd_eval.distill.kd import distill
+
+    cfg = kd_config("cached" if mode == "prepare" else mode, 1 if mode == "prepare" else steps, batch)
+    started = time.perf_counter()
+    figures = distill(teacher, student, data, out, cfg, progress=False, log=None, cache_root=work / "cache")
+    channels = 2 if cfg.st_weight > 0 else 1
+    return {
+        "tokens": figures["tokens_trained"] * channels,
+        "train_seconds": figures["train_seconds"],
+        "wall_seconds": round(time.perf_counter() - started, 2),
+        "teacher_cache": figures.get("teacher_cache"),
+    }
+
+
+def trl_child(teacher: str, student: str, data: str, out: Path, steps: int, batch: int) -> dict:
+    extra = os.environ.get("XKD_TRL_PATH")
+    if extra:
+        sys.path.insert(0, extra)
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoProcessor, Qwen2AudioForConditionalGeneration
+
+    try:
+        from trl.experimental.gkd import GKDConfig, GKDTrainer
+    except ImportError:
+        from trl import GKDConfig, GKDTrainer
+
+    rows = [json.loads(line) for line in Path(data).read_text().splitlines()]
+    messages = [
+        {"messages": [{"role": "user", "content": r["instruction"]}, {"role": "assistant", "content": r["response"]}]}
+        for r in rows
+    ]
+    processor = AutoProcessor.from_pretrained(student)
+    tokenizer = processor.tokenizer
+    model = Qwen2AudioForConditionalGeneration.from_pretrained(student)
+    teacher_model = AutoModelForCausalLM.from_pretrained(teacher)
+    from peft import LoraConfig
+
+    from xkd_eval.distill.train import lora_target_regex
+
+    lora = LoraConfig(
+        r=8,
+        lora_alpha=16,
+        target_modules=lora_target_regex(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]),
+    )
+    args = GKDConfig(
+        output_dir=str(out),
+        per_device_train_batch_size=batch,
+        max_steps=steps,
+        learning_rate=1e-4,
+        lmbda=0.0,
+        beta=0.0,
+        temperature=2.0,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        seed=0,
+        dataloader_num_workers=0,
+        bf16=False,
+        max_length=512,
+    )
+    trainer = GKDTrainer(
+        model=model,
+        teacher_model=teacher_model,
+        args=args,
+        train_dataset=Dataset.from_list(messages),
+        processing_class=tokenizer,
+        peft_config=lora,
+    )
+    started = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - started
+    # completion tokens trained: the assistant turn (response + end-of-turn) of each example drawn
+    per_example = [
+        len(tokenizer(r["response"] + tokenizer.eos_token, add_special_tokens=False)["input_ids"]) for r in rows
+    ]
+    mean = sum(per_example) / len(per_example)
+    return {"tokens": round(mean * batch * steps), "train_seconds": round(seconds, 2)}
+
+
+def spawn(mode: str, work: Path, steps: int, batch: int) -> dict:
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        mode,
+        "--work",
+        str(work),
+        "--steps",
+        str(steps),
+        "--batch-size",
+        str(batch),
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    if done.returncode != 0:
+        return {"error": (done.stderr.strip().splitlines() or ["?"])[-1][:300]}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--examples", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--child")
+    parser.add_argument("--work")
+    args = parser.parse_args()
+    if args.child:
+        figures = child(args.child, Path(args.work), args.steps, args.batch_size)
+        figures["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+        print(json.dumps(figures))
+        return
+    work = Path(tempfile.mkdtemp(prefix="xkd-kd-bench-"))
+    build(work, args.examples)
+    results = {"prepare": spawn("prepare", work, args.steps, args.batch_size)}
+    print("prepare", json.dumps(results["prepare"]), flush=True)
+    # the modes interleaved, each ``repeats`` times; the fastest run of each counts (shared CPUs are noisy)
+    for round_ in range(args.repeats):
+        for mode in ("cached", "on_the_fly", "cached_tt", "trl"):
+            if round_ and "error" in results.get(mode, {}):
+                continue
+            got = spawn(mode, work, args.steps, args.batch_size)
+            print(mode, json.dumps(got), flush=True)
+            best = results.get(mode)
+            if best is None or "error" in best or ("error" not in got and got["train_seconds"] < best["train_seconds"]):
+                results[mode] = got
+
+    def rate(mode: str) -> float | None:
+        r = results[mode]
+        return round(r["tokens"] / r["train_seconds"], 1) if "tokens" in r and r["train_seconds"] else None
+
+    summary = {
+        "tokens_per_s_cached": rate("cached"),
+        "tokens_per_s_on_the_fly": rate("on_the_fly"),
+        "speedup_vs_on_the_fly": round(rate("cached") / rate("on_the_fly"), 2)
+        if rate("cached") and rate("on_the_fly")
+        else None,
+        "peak_rss_mb_cached": results["cached"].get("peak_rss_mb"),
+        "peak_rss_mb_on_the_fly": results["on_the_fly"].get("peak_rss_mb"),
+        "teacher_cache_fill_s": (results["prepare"].get("teacher_cache") or {}).get("seconds"),
+        "tokens_per_s_cached_tt_only": rate("cached_tt"),
+        "steps": args.steps,
+        "repeats": args.repeats,
+        "batch_size": args.batch_size,
+    }
+    if "error" in results["trl"]:
+        summary["trl"] = f"skipped: {results['trl']['error']}"
+    else:
+        summary["tokens_per_s_trl_gkd_tt"] = rate("trl")
+        summary["peak_rss_mb_trl_gkd"] = results["trl"].get("peak_rss_mb")
+        summary["speedup_tt_vs_trl"] = (
+            round(rate("cached_tt") / rate("trl"), 2) if rate("cached_tt") and rate("trl") else None
+        )
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()

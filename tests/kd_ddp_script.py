@@ -1,0 +1,42 @@
+"""Run by tests/test_kd.py under ``torch.distributed.run --nproc-per-node 2``: a short KD run on the
+tiny pair, data parallel over 2 CPU processes (gloo); each rank saves its final trainable weights."""
+
+import sys
+from pathlib import Path
+
+import torch
+
+from xkd_eval.distill.kd import KDConfig, distill
+
+teacher, student, data, out = sys.argv[1:5]
+captured = {}
+import xkd_eval.distill.kd as kd  # noqa: E402
+
+original = kd.setup_kd_trainable
+
+
+def capture(model, config):
+    captured["model"] = original(model, config)
+    return captured["model"]
+
+
+kd.setup_kd_trainable = capture
+config = KDConfig(
+    targets="data",
+    top_k=16,
+    trainable="lora",
+    lora_rank=4,
+    lora_alpha=8,
+    learning_rate=1e-2,
+    batch_size=4,
+    max_steps=4,
+    eval_fraction=0.0,
+    checkpoint_every=100,
+    mixed_precision="no",
+    group_by_length=False,
+    save_merged=False,
+)
+distill(teacher, student, data, Path(out), config, progress=False, log=None, cache_root=Path(out) / "cache")
+rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+weights = {n: p.detach().clone() for n, p in captured["model"].named_parameters() if p.requires_grad}
+torch.save(weights, Path(out) / f"rank{rank}.pt")

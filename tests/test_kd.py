@@ -1,0 +1,259 @@
+"""Cross-modal KD on a tiny teacher/student pair sharing a tokenizer: vocabulary refusal, teacher cache
+(top-k vs full), a few steps lower the KD loss, interrupt + resume reproduce the uninterrupted curve,
+NaN stops naming the step, the T→T-only ablation touches no audio, data-parallel ranks agree."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("peft")
+
+from conftest import tone  # noqa: E402
+from tiny_models import build_qwen2_audio, build_text_model  # noqa: E402
+
+from xkd_eval.distill.config import ConfigError  # noqa: E402
+from xkd_eval.distill.kd import KDConfig, KDLoss, distill, load_kd_config  # noqa: E402
+from xkd_eval.distill.losses import TopK, divergence  # noqa: E402
+from xkd_eval.distill.train import TrainingDivergedError, checkpoint_dirs  # noqa: E402
+from xkd_eval.errors import XkdError  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+WORDS = ["yes", "no", "answer", "question", "audio", "speech", "text", "option"]
+OTHER_CORPUS = ["zebra quokka xylophone", "marmalade jacket velvet", "purple orange banana mango kiwi"]
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory) -> tuple[str, str]:
+    teacher = build_text_model(tmp_path_factory.mktemp("teacher"), seed=1)
+    student = build_qwen2_audio(tmp_path_factory.mktemp("student"), seed=0)
+    return str(teacher), str(student)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    import soundfile as sf
+
+    folder = tmp_path_factory.mktemp("kd-data")
+    lines = []
+    for i in range(10):
+        sf.write(folder / f"clip{i}.wav", tone(0.3 + 0.05 * i, freq=200.0 + 40 * i, seed=i), 16_000)
+        instruction = f"question {WORDS[i % 8]} {WORDS[(i + 3) % 8]} audio"
+        response = " ".join(WORDS[(i + j) % 8] for j in range(3 + i % 3))
+        lines.append({"id": f"ex{i}", "instruction": instruction, "response": response, "audio": f"clip{i}.wav"})
+    path = folder / "kd.jsonl"
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    return path
+
+
+def cfg(**changes) -> KDConfig:
+    base = dict(
+        targets="data",
+        top_k=16,
+        trainable="projector+lora",
+        lora_rank=4,
+        lora_alpha=8,
+        learning_rate=1e-2,
+        batch_size=4,
+        max_steps=6,
+        eval_fraction=0.2,
+        eval_every=3,
+        checkpoint_every=3,
+        mixed_precision="no",
+        seed=0,
+        group_by_length=False,
+    )
+    base.update(changes)
+    return KDConfig(**base)
+
+
+def run(pair, data, out, config, **kw):
+    return distill(pair[0], pair[1], str(data), out, config, progress=False, log=None, cache_root=out / "cache", **kw)
+
+
+def test_config_validation_and_recipes():
+    with pytest.raises(ConfigError, match="divergence"):
+        KDConfig(divergence="kl")
+    with pytest.raises(ConfigError, match="channel"):
+        KDConfig(tt_weight=0, st_weight=0)
+    with pytest.raises(ConfigError, match="unknown fields"):
+        load_kd_config({"lamda": 0.5})
+    organism = load_kd_config(ROOT / "distill" / "organism.yaml")
+    assert (organism.top_k, organism.targets, organism.lam, organism.temperature) == (64, "teacher", 0.5, 2.0)
+    paper = load_kd_config(ROOT / "distill" / "qwen2.5-omni-7b.yaml")
+    assert paper.learning_rate == 5e-6 and paper.epochs == 2 and paper.mixed_precision == "bf16"
+
+
+def test_a_different_vocabulary_is_refused_before_training(pair, data, tmp_path):
+    other = build_text_model(tmp_path / "other", corpus=OTHER_CORPUS)
+    with pytest.raises(XkdError, match="tokenizers disagree"):
+        distill(
+            str(other),
+            pair[1],
+            str(data),
+            tmp_path / "out",
+            cfg(),
+            progress=False,
+            log=None,
+            cache_root=tmp_path / "cache",
+        )
+    assert not checkpoint_dirs(tmp_path / "out")
+
+
+def test_teacher_cache_top_k_matches_full(pair, data, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from xkd_eval.distill.teacher_cache import TeacherCache, fill_teacher_cache, teacher_identity
+
+    model = AutoModelForCausalLM.from_pretrained(pair[0]).eval()
+    prompts, responses = [[1, 5, 7, 9], [1, 8]], [[11, 12, 13], [14, 15, 16, 17, 2]]
+    ident = teacher_identity(model)
+    vocab = model.config.vocab_size
+    full = fill_teacher_cache(TeacherCache(tmp_path, ident, None, vocab), model, prompts, responses, pad_id=0)
+    top = TeacherCache(tmp_path, ident, 8, vocab)
+    topk = fill_teacher_cache(top, model, prompts, responses, pad_id=0)
+    assert top.stats["computed"] == 2
+    again = TeacherCache(tmp_path, ident, 8, vocab)
+    fill_teacher_cache(again, model, prompts, responses, pad_id=0)
+    assert again.stats == {"computed": 0, "reused": 2, "bytes": 0}  # read back from disk
+    for f, t, r in zip(full, topk, responses, strict=True):
+        assert f.shape == (len(r), vocab) and f.dtype == torch.float16 and t.values.dtype == torch.float16
+        assert torch.equal(t.values, torch.topk(f.float(), 8).values.half())
+        exact = TopK.from_logits(f.float(), vocab)  # k = V is the full distribution
+        student = torch.randn(len(r), vocab)
+        assert torch.allclose(
+            divergence(student, exact, temperature=2.0), divergence(student, f.float(), temperature=2.0), atol=1e-5
+        )
+
+
+def test_a_few_steps_lower_the_kd_loss(pair, data, tmp_path):
+    figures = run(
+        pair,
+        data,
+        tmp_path,
+        cfg(
+            batch_size=8,
+            max_steps=10,
+            top_k=None,
+            eval_every=5,
+            lam=20.0,
+            temperature=1.0,
+            trainable="all",
+            learning_rate=3e-3,
+        ),
+    )
+    for channel in ("tt", "st"):
+        kd = [v for _, v in figures["curves"][f"{channel}_kd"]]
+        assert kd[-1] < kd[0]
+    assert figures["validation"] and "val_st_kd" in figures["validation"][-1]
+    record = json.loads((tmp_path / "training.json").read_text())
+    assert record["steps"] == 10 and record["config"]["lam"] == 20.0
+    assert (tmp_path / "adapter" / "projector.safetensors").is_file()
+    assert (tmp_path / "student" / "config.json").is_file()
+    from xkd_eval.models import resolve_adapter
+
+    assert resolve_adapter(figures["model_spec"])[0] == "qwen2-audio"
+
+
+def test_interrupt_then_resume_reproduces_the_uninterrupted_curve(pair, data, tmp_path, monkeypatch):
+    straight = run(pair, data, tmp_path / "a", cfg(checkpoint_every=100))["curves"]["loss"]
+    calls = {"n": 0}
+    forward = KDLoss.forward
+
+    def interrupted(self, batch):
+        if self.training:
+            calls["n"] += 1
+            if calls["n"] == 4:
+                raise KeyboardInterrupt
+        return forward(self, batch)
+
+    monkeypatch.setattr(KDLoss, "forward", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run(pair, data, tmp_path / "b", cfg(checkpoint_every=100))
+    assert [p.name for p in checkpoint_dirs(tmp_path / "b")] == ["step-000003"]  # written on the interrupt
+    monkeypatch.setattr(KDLoss, "forward", forward)
+    resumed = run(pair, data, tmp_path / "b", cfg(checkpoint_every=100), resume=True)
+    assert resumed["resumed_from"] == 3
+    assert resumed["curves"]["loss"] == straight  # identical per-step losses
+
+
+def test_nan_stops_naming_the_step_and_keeps_the_last_good_checkpoint(pair, data, tmp_path):
+    with pytest.raises(TrainingDivergedError, match=r"step 3 \(batch ids: ex"):
+        run(pair, data, tmp_path, cfg(debug_inject_nan_step=3, checkpoint_every=1))
+    assert checkpoint_dirs(tmp_path)[-1].name == "step-000002"
+
+
+def test_text_only_ablation_touches_no_audio(pair, data, tmp_path, monkeypatch):
+    import xkd_eval.distill.features as features
+    import xkd_eval.distill.kd_data as kd_data
+
+    def boom(*args, **kwargs):
+        raise AssertionError("audio touched")
+
+    monkeypatch.setattr(kd_data, "spoken_examples", boom)
+    monkeypatch.setattr(features, "compute_features", boom)
+    monkeypatch.setattr(features, "build_inputs_embeds", boom)
+    figures = run(pair, data, tmp_path, cfg(st_weight=0.0, max_steps=3))
+    assert set(figures["curves"]) == {"loss", "tt_ce", "tt_kd"}
+    from safetensors.torch import load_file
+    from transformers import Qwen2AudioForConditionalGeneration
+
+    before = Qwen2AudioForConditionalGeneration.from_pretrained(pair[1]).model.multi_modal_projector.state_dict()
+    after = load_file(str(tmp_path / "adapter" / "projector.safetensors"))
+    assert all(torch.equal(before[k], after[k]) for k in before)  # no gradient reached the projector
+
+
+def test_on_the_fly_teacher_matches_the_full_cache(pair, data, tmp_path):
+    cached = run(pair, data, tmp_path / "c", cfg(top_k=None, max_steps=2))["curves"]["loss"]
+    live = run(pair, data, tmp_path / "l", cfg(top_k=None, max_steps=2, teacher_mode="on_the_fly"))["curves"]["loss"]
+    assert [round(v, 2) for _, v in cached] == [round(v, 2) for _, v in live]  # fp16 cache vs fp32 live
+
+
+def test_two_data_parallel_processes_agree(pair, data, tmp_path):
+    script = Path(__file__).parent / "kd_ddp_script.py"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-port",
+        "29561",
+        str(script),
+        pair[0],
+        pair[1],
+        str(data),
+        str(tmp_path),
+    ]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
+    assert ranks[0].keys() == ranks[1].keys() and ranks[0]
+    assert all(torch.equal(ranks[0][k], ranks[1][k]) for k in ranks[0])  # same weights on both ranks
+    assert any(k.endswith("lora_B.default.weight") and ranks[0][k].abs().sum() > 0 for k in ranks[0])  # trained
+    figures = json.loads((tmp_path / "training.json").read_text())
+    assert figures["steps"] == 4 and figures["curves"]["loss"][-1][1] < figures["curves"]["loss"][0][1]
+
+
+def test_kd_data_sources_split_and_organism_set(tmp_path, monkeypatch):
+    from xkd_eval.builtin import is_builtin_text
+    from xkd_eval.distill.kd_data import load_kd_examples, read_kd_jsonl, split_examples, write_organism_kd_data
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    with pytest.raises(XkdError, match="--data"):
+        load_kd_examples("hub:Open-Orca/OpenOrca")
+    path = write_organism_kd_data(tmp_path / "organism-kd.jsonl")
+    examples = read_kd_jsonl(path)
+    assert 300 <= len(examples) <= 800 and not any(is_builtin_text(e.instruction) for e in examples)
+    assert path.read_text() == (ROOT / "distill" / "organism-kd.jsonl").read_text()  # the shipped file is current
+    train_a, held_a = split_examples(examples, 0.1, seed=3)
+    train_b, held_b = split_examples(examples, 0.1, seed=3)
+    assert held_a == held_b and len(held_a) == round(len(examples) * 0.1) and not set(train_a) & set(held_a)

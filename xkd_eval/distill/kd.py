@@ -1,0 +1,692 @@
+"""Cross-modal knowledge distillation (arXiv 2509.14930): text LLM teacher, speech LLM student.
+
+Per example and channel (both by default):
+
+- **T→T**: the student reads the text prompt (its chat template, no audio);
+- **S→T**: the student hears the spoken prompt (cached audio-encoder features written into the
+  embeddings by ``build_inputs_embeds``) with the fixed listening instruction;
+
+the same response token ids (tokenised once) follow each prompt. The student's logits over the
+response are aligned (``align_response``) to the teacher's logits over that response, teacher-forced on
+the *text* prompt and precomputed into a disk cache (``teacher_cache``: top-k or full vocabulary), so
+the teacher is not resident while the student trains. The loss of a step is
+``Σ_channel weight · (CE + λ·τ²·D_τ(teacher, student))`` averaged over the response tokens.
+
+The optimisation loop is ``xkd_eval.distill.train.train`` (seeded batch order, AdamW + warmup/cosine,
+accelerate data parallelism, checkpoints every N steps and on interrupt, exact resume, NaN/inf stop).
+
+``distill(teacher, student, data, out_dir, config)`` runs it all and writes ``out_dir/adapter`` (the
+trainable weights: projector and/or LoRA), ``out_dir/student`` (the merged student, an HF folder that the
+runner loads as ``qwen2-audio:<out_dir>/student``) and ``out_dir/training.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from xkd_eval.distill.config import LLM_LINEAR_MODULES, ConfigError
+from xkd_eval.distill.losses import (
+    KINDS,
+    TopK,
+    align_response,
+    check_vocab_compatible,
+    divergence,
+    response_labels,
+    shared_vocab_logits,
+)
+from xkd_eval.errors import XkdError
+
+SCOPES = ("projector", "lora", "projector+lora", "llm", "all")
+TARGETS = ("data", "teacher")
+TEACHER_MODES = ("cached", "on_the_fly")
+MIXED = ("auto", "no", "bf16", "fp16")
+
+
+@dataclass
+class KDConfig:
+    """Cross-modal KD settings. Load from YAML with ``KDConfig.from_yaml`` / ``load_kd_config``."""
+
+    # --- models and data (``distill``'s arguments override these)
+    teacher: str | None = None  # model spec of the text LLM teacher (e.g. organism-base, a folder, a hub id)
+    student: str | None = None  # model spec of the speech LLM student (e.g. organism, qwen2-audio:<folder>)
+    data: str | None = None  # JSONL path, or hub:Open-Orca/OpenOrca
+    data_limit: int | None = None  # use at most this many examples
+    eval_fraction: float = 0.05  # seeded held-out split for validation losses
+    # --- channels and loss
+    tt_weight: float = 1.0  # T→T channel weight (0 = off: S→T-only ablation)
+    st_weight: float = 1.0  # S→T channel weight (0 = off: T→T-only ablation; no audio is touched)
+    lam: float = 0.5  # λ: weight of the τ²-scaled divergence next to CE
+    temperature: float = 2.0  # τ
+    divergence: str = "forward_kl"  # forward_kl | reverse_kl | jsd
+    beta: float = 0.5  # JSD mixture weight on the teacher
+    targets: str = "teacher"  # "teacher": the teacher's greedy answers (cached); "data": the given responses
+    max_new_tokens: int = 64  # length limit of the teacher's greedy targets
+    max_response_tokens: int = 128  # responses are cut to this many tokens
+    top_k: int | None = 64  # teacher cache: top-k logits (None = exact full vocabulary)
+    teacher_mode: str = "cached"  # "cached" (precomputed, teacher unloaded) or "on_the_fly" (resident)
+    teacher_batch_size: int = 8  # batch of the teacher's target generation and logits pass
+    # --- what trains
+    trainable: str = "projector+lora"  # projector | lora | projector+lora | llm | all (= projector + llm)
+    lora_rank: int = 16
+    lora_alpha: float = 32.0
+    lora_dropout: float = 0.0
+    lora_targets: list[str] = field(default_factory=lambda: list(LLM_LINEAR_MODULES))
+    lora_layers: list[int] | None = None
+    # --- optimisation
+    learning_rate: float = 5e-6
+    projector_learning_rate: float | None = None  # None = learning_rate
+    weight_decay: float = 0.0
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = 0
+    cosine: bool = True  # cosine decay to 0 after warmup (False: linear)
+    max_grad_norm: float | None = 1.0
+    batch_size: int = 4  # examples per micro-batch (global: split across data-parallel processes)
+    grad_accum: int = 1
+    max_steps: int | None = None  # None = epochs × (examples // batch_size) / grad_accum
+    epochs: float = 1.0
+    seed: int = 0
+    group_by_length: bool = True
+    mixed_precision: str = "auto"  # auto (bf16 on a bf16 GPU, else no) | no | bf16 | fp16
+    # --- checkpoints, validation, logs
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 2
+    eval_every: int = 50  # steps between held-out validation losses (also at the end)
+    eval_batch_size: int = 8
+    log_every: int = 1
+    time_budget_s: float | None = None
+    save_dtype: str = "float32"  # dtype of the exported adapter
+    save_merged: bool = True  # also write the merged student folder (out_dir/student)
+    # --- audio
+    voices: list[str] | None = None  # TTS voices (None = xkd_eval.tts defaults)
+    feature_window: str = "trim"
+    encoder_batch_size: int = 8
+    debug_inject_nan_step: int | None = None  # testing aid
+
+    def __post_init__(self) -> None:
+        self.adam_betas = tuple(self.adam_betas)
+        self.lora_targets = list(self.lora_targets)
+        problems: list[str] = []
+
+        def need(ok: bool, message: str) -> None:
+            if not ok:
+                problems.append(message)
+
+        need(self.tt_weight >= 0 and self.st_weight >= 0, "tt_weight and st_weight must be >= 0")
+        need(self.tt_weight > 0 or self.st_weight > 0, "at least one channel (tt_weight, st_weight) must be > 0")
+        need(self.lam >= 0, "lam must be >= 0")
+        need(self.temperature > 0, "temperature must be > 0")
+        need(self.divergence in KINDS, f"divergence must be one of {', '.join(KINDS)}")
+        need(0 <= self.beta <= 1, "beta must be in [0, 1]")
+        need(self.targets in TARGETS, f"targets must be one of {', '.join(TARGETS)}")
+        need(self.top_k is None or self.top_k >= 1, "top_k must be >= 1 or null (full vocabulary)")
+        need(self.teacher_mode in TEACHER_MODES, f"teacher_mode must be one of {', '.join(TEACHER_MODES)}")
+        need(self.trainable in SCOPES, f"trainable must be one of {', '.join(SCOPES)}")
+        need(self.lora_rank >= 1 and self.lora_alpha > 0, "lora_rank >= 1 and lora_alpha > 0")
+        need(0 <= self.lora_dropout < 1, "lora_dropout must be in [0, 1)")
+        bad = sorted(set(self.lora_targets) - set(LLM_LINEAR_MODULES))
+        need(not bad, f"lora_targets {bad} are not LLM linear layers")
+        need(self.learning_rate > 0, "learning_rate must be > 0")
+        need(self.batch_size >= 1 and self.grad_accum >= 1, "batch_size and grad_accum must be >= 1")
+        need(self.max_steps is None or self.max_steps >= 1, "max_steps must be >= 1 (or null: from epochs)")
+        need(self.epochs > 0, "epochs must be > 0")
+        need(self.warmup_steps >= 0, "warmup_steps must be >= 0")
+        need(self.mixed_precision in MIXED, f"mixed_precision must be one of {', '.join(MIXED)}")
+        need(0 <= self.eval_fraction < 1, "eval_fraction must be in [0, 1)")
+        need(self.checkpoint_every >= 1 and self.keep_checkpoints >= 1, "checkpoint_every/keep_checkpoints >= 1")
+        need(self.eval_every >= 1 and self.log_every >= 1, "eval_every and log_every must be >= 1")
+        need(self.max_new_tokens >= 1 and self.max_response_tokens >= 1, "token limits must be >= 1")
+        need(self.time_budget_s is None or self.time_budget_s > 0, "time_budget_s must be > 0 (or null)")
+        need(self.save_dtype in ("float32", "float16", "bfloat16"), "save_dtype: float32, float16 or bfloat16")
+        if problems:
+            raise ConfigError("bad KD config: " + "; ".join(problems))
+
+    # the attributes train.py's loop and export_adapter read
+    @property
+    def uses_lora(self) -> bool:
+        return "lora" in self.trainable
+
+    @property
+    def trains_projector(self) -> bool:
+        return self.trainable in ("projector", "projector+lora", "all")
+
+    @property
+    def trains_llm(self) -> bool:
+        return self.trainable in ("llm", "all")
+
+    @property
+    def channels(self) -> dict[str, float]:
+        return {name: w for name, w in (("tt", self.tt_weight), ("st", self.st_weight)) if w > 0}
+
+    def to_dict(self) -> dict[str, Any]:
+        record = dataclasses.asdict(self)
+        record["adam_betas"] = list(self.adam_betas)
+        return record
+
+    def replace(self, **changes: Any) -> KDConfig:
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], *, source: str = "KD config") -> KDConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"{source}: unknown fields {unknown}; known: {', '.join(sorted(known))}")
+        return cls(**values)
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike) -> KDConfig:
+        import yaml
+
+        path = Path(path).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"KD config {path} does not exist")
+        try:
+            values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: expected a mapping of fields")
+        return cls.from_dict(values, source=str(path))
+
+
+def load_kd_config(source: str | os.PathLike | dict[str, Any] | KDConfig) -> KDConfig:
+    if isinstance(source, KDConfig):
+        return source
+    if isinstance(source, dict):
+        return KDConfig.from_dict(source)
+    return KDConfig.from_yaml(source)
+
+
+# ---------------------------------------------------------------------------------------------- examples
+
+
+@dataclass
+class KDItem:
+    """One tokenised KD example: both student prompts + the shared response, the teacher's logits."""
+
+    id: str
+    response_ids: list[int]
+    tt_prompt: list[int]
+    st_prompt: list[int] | None  # None when the S→T channel is off
+    features: torch.Tensor | None
+    teacher_prompt: list[int]
+    teacher: TopK | torch.Tensor | None = None  # [R, k] / [R, V] (None: computed on the fly)
+
+    @property
+    def length(self) -> int:
+        return len(self.response_ids) + max(len(self.tt_prompt), len(self.st_prompt or ()))
+
+
+def _stack_rows(rows: Sequence[list[int]], responses: Sequence[list[int]], pad_id: int):
+    seqs = [p + r for p, r in zip(rows, responses, strict=True)]
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    attention = torch.zeros_like(ids)
+    mask = torch.zeros((len(seqs), width), dtype=torch.bool)
+    for row, (p, s) in enumerate(zip(rows, seqs, strict=True)):
+        ids[row, : len(s)] = torch.tensor(s, dtype=torch.long)
+        attention[row, : len(s)] = 1
+        mask[row, len(p) : len(s)] = True
+    return ids, attention, mask
+
+
+def _right_align_teacher(items: Sequence[TopK | torch.Tensor]) -> TopK | torch.Tensor:
+    """Per-example ``[R_i, ·]`` teacher logits, right-aligned into ``[B, R, ·]`` (as align_response)."""
+    width = max(t.shape[0] for t in items)
+    if isinstance(items[0], TopK):
+        k = max(t.k for t in items)
+        values = torch.zeros(len(items), width, k, dtype=items[0].values.dtype)
+        indices = torch.zeros(len(items), width, k, dtype=torch.long)
+        for row, t in enumerate(items):
+            values[row, width - t.shape[0] :, : t.k] = t.values
+            values[row, width - t.shape[0] :, t.k :] = float("-inf")
+            indices[row, width - t.shape[0] :, : t.k] = t.indices
+        return TopK(values, indices)
+    out = torch.zeros(len(items), width, items[0].shape[-1], dtype=items[0].dtype)
+    for row, t in enumerate(items):
+        out[row, width - t.shape[0] :] = t
+    return out
+
+
+@dataclass
+class KDBatch:
+    ids: list[str]
+    channels: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]  # name -> (ids, attention, response mask)
+    features: list[torch.Tensor]
+    teacher: TopK | torch.Tensor | None
+    teacher_inputs: tuple[list[list[int]], list[list[int]]]
+
+    @property
+    def n_tokens(self) -> int:
+        return int(next(iter(self.channels.values()))[2].sum())
+
+
+def collate_kd(items: Sequence[KDItem], pad_id: int, channels: Sequence[str]) -> KDBatch:
+    responses = [i.response_ids for i in items]
+    built: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+    if "tt" in channels:
+        built["tt"] = _stack_rows([i.tt_prompt for i in items], responses, pad_id)
+    if "st" in channels:
+        built["st"] = _stack_rows([i.st_prompt for i in items], responses, pad_id)
+    features = [i.features for i in items] if "st" in channels else []
+    teacher = _right_align_teacher([i.teacher for i in items]) if items[0].teacher is not None else None
+    return KDBatch([i.id for i in items], built, features, teacher, ([i.teacher_prompt for i in items], responses))
+
+
+# ---------------------------------------------------------------------------------------------- the loss
+
+
+class KDLoss(torch.nn.Module):
+    """``Σ_channel weight·(CE_sum + λ·τ²·D_sum)`` over a batch's response tokens (sums; the loop divides
+    by the token count). Returns ``(loss_sum, parts)`` with each channel's ``*_ce`` and ``*_kd`` sums."""
+
+    def __init__(self, model: Any, config: KDConfig, shared_size: int, teacher: Any = None, pad_id: int = 0):
+        super().__init__()
+        self.model = model
+        self.config, self.shared_size, self.pad_id = config, shared_size, pad_id
+        self._teacher = [teacher]  # not a submodule: never trained, never wrapped
+
+    def teacher_logits(self, batch: KDBatch) -> TopK | torch.Tensor:
+        if batch.teacher is not None:
+            return batch.teacher
+        from xkd_eval.distill.teacher_cache import teacher_response_logits
+
+        teacher = self._teacher[0]
+        if teacher is None:
+            raise XkdError("no cached teacher logits in the batch and no resident teacher")
+        with torch.no_grad():
+            per_row = teacher_response_logits(teacher, *batch.teacher_inputs, self.pad_id)
+        per_row = [r[..., : self.shared_size].float() for r in per_row]
+        if self.config.top_k is not None:
+            per_row = [TopK.from_logits(r, min(self.config.top_k, r.shape[-1])) for r in per_row]
+        return _right_align_teacher(per_row)
+
+    def channel(self, name: str, batch: KDBatch, teacher: TopK | torch.Tensor):
+        from xkd_eval.distill.features import build_inputs_embeds, unwrap
+
+        base = unwrap(self.model)
+        ids, attention, resp = batch.channels[name]
+        # T→T is text only: the audio tower and the projector are never touched
+        embeds = build_inputs_embeds(base, ids, batch.features) if name == "st" else base.get_input_embeddings()(ids)
+        hidden = base.model.language_model(
+            inputs_embeds=embeds, attention_mask=attention, use_cache=False
+        ).last_hidden_state
+        # the hidden states that predict each response token, right-aligned like the teacher's cache
+        h, _, mask = align_response(hidden, resp, hidden[..., :1], resp)
+        logits = base.lm_head(h[mask]).float()
+        labels = response_labels(ids, resp)[mask]
+        t = teacher[mask.to(teacher.values.device if isinstance(teacher, TopK) else teacher.device)]
+        if isinstance(t, TopK):
+            t = TopK(t.values.to(logits.device).float(), t.indices.to(logits.device))
+        else:
+            t = t.to(logits.device).float()
+        ce = F.cross_entropy(logits, labels, reduction="sum")
+        s_shared, t = shared_vocab_logits(logits, t, self.shared_size)
+        kd = divergence(
+            s_shared,
+            t,
+            kind=self.config.divergence,
+            beta=self.config.beta,
+            temperature=self.config.temperature,
+            reduction="sum",
+        )
+        return ce, kd
+
+    def forward(self, batch: KDBatch):
+        teacher = self.teacher_logits(batch)
+        total, parts = None, {}
+        for name, weight in self.config.channels.items():
+            ce, kd = self.channel(name, batch, teacher)
+            term = weight * (ce + self.config.lam * kd)
+            total = term if total is None else total + term
+            parts[f"{name}_ce"], parts[f"{name}_kd"] = ce.detach(), kd.detach()
+        return total, parts
+
+
+def validation_losses(loss: KDLoss, items: Sequence[KDItem], batch_size: int, pad_id: int) -> dict[str, float]:
+    """Held-out per-token means: each channel's ce, kd and loss (= ce + λ·kd), and the weighted total."""
+    sums: dict[str, float] = {}
+    n = 0
+    channels = list(loss.config.channels)
+    for start in range(0, len(items), batch_size):
+        batch = collate_kd(items[start : start + batch_size], pad_id, channels)
+        total, parts = loss(batch)
+        n += batch.n_tokens
+        for key, value in {**parts, "loss": total}.items():
+            sums[key] = sums.get(key, 0.0) + float(value)
+    out = {k: v / max(n, 1) for k, v in sums.items()}
+    for name in channels:
+        out[f"{name}_loss"] = out[f"{name}_ce"] + loss.config.lam * out[f"{name}_kd"]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- models
+
+
+def _local_folder(spec: str) -> Path | None:
+    if spec == "organism":
+        from xkd_eval.organism.trained import organism_dir
+
+        return organism_dir()
+    if spec == "organism-base":
+        from xkd_eval.organism import smollm2_hf_dir
+
+        return smollm2_hf_dir()
+    head, sep, rest = spec.partition(":")
+    for candidate in (rest if sep else None, spec):
+        if candidate and Path(candidate).expanduser().is_dir():
+            return Path(candidate).expanduser()
+    return None
+
+
+def load_teacher(spec: str) -> tuple[Any, Any]:
+    """(causal LM, tokenizer) of a teacher spec: a named model, a folder, or any ``load_model`` spec."""
+    folder = _local_folder(spec)
+    if folder is not None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
+        return model.eval(), AutoTokenizer.from_pretrained(str(folder))
+    from xkd_eval.models import load_model
+
+    adapter = load_model(spec)
+    tokenizer = getattr(adapter, "tokenizer", None) or adapter.processor
+    return adapter.model.eval(), getattr(tokenizer, "tokenizer", tokenizer)
+
+
+def load_student(spec: str) -> tuple[Any, Any]:
+    """(Qwen2-Audio-style model, processor) of a student spec."""
+    folder = _local_folder(spec)
+    if folder is not None:
+        from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
+
+        model = Qwen2AudioForConditionalGeneration.from_pretrained(str(folder), dtype=torch.float32)
+        return model.eval(), AutoProcessor.from_pretrained(str(folder))
+    from xkd_eval.models import load_model
+
+    adapter = load_model(spec)
+    return adapter.model, adapter.processor
+
+
+def setup_kd_trainable(model: Any, config: KDConfig) -> Any:
+    """Freeze everything, then LoRA (peft) and/or the projector and/or the whole LLM per ``trainable``."""
+    from xkd_eval.distill.features import projector, unwrap
+    from xkd_eval.distill.train import lora_target_regex
+
+    model.requires_grad_(False)
+    if config.uses_lora:
+        from peft import LoraConfig, get_peft_model
+
+        lora = LoraConfig(
+            r=config.lora_rank,
+            lora_alpha=config.lora_alpha,
+            lora_dropout=config.lora_dropout,
+            target_modules=lora_target_regex(config.lora_targets, config.lora_layers),
+            bias="none",
+        )
+        torch.manual_seed(config.seed)
+        model = get_peft_model(model, lora)
+    if config.trains_projector:
+        projector(model).requires_grad_(True)
+    if config.trains_llm:
+        base = unwrap(model)
+        base.model.language_model.requires_grad_(True)
+        base.lm_head.requires_grad_(True)
+    return model
+
+
+def _resolve_precision(value: str) -> str:
+    if value != "auto":
+        return value
+    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+
+
+def _run_config(config: KDConfig, n_train: int, world: int = 1) -> KDConfig:
+    """max_steps from epochs, warmup below max_steps, precision resolved."""
+    steps = config.max_steps
+    if steps is None:
+        per_epoch = max(1, n_train // min(config.batch_size, n_train))
+        steps = max(1, math.ceil(config.epochs * per_epoch / config.grad_accum))
+    return config.replace(
+        max_steps=steps,
+        warmup_steps=min(config.warmup_steps, steps - 1),
+        mixed_precision=_resolve_precision(config.mixed_precision),
+    )
+
+
+# ---------------------------------------------------------------------------------------------- entry point
+
+
+def distill(
+    teacher: str | None,
+    student: str | None,
+    data: str | None,
+    out_dir: str | os.PathLike,
+    config: KDConfig | str | os.PathLike | dict[str, Any],
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    cache_root: str | os.PathLike | None = None,
+    log: Callable[[str], None] | None = print,
+) -> dict[str, Any]:
+    """Distil ``teacher`` (text LLM spec) into ``student`` (speech LLM spec) on ``data`` (JSONL or hub).
+
+    Writes ``out_dir/adapter`` (export_adapter), ``out_dir/student`` (merged, when ``save_merged``),
+    ``out_dir/training.json`` (config, steps, wall time, per-channel curves, validation losses) and
+    checkpoints; returns the figures of training.json. Evaluate the result with the model spec
+    ``qwen2-audio:<out_dir>/student``."""
+    from xkd_eval.distill.features import (
+        CacheStats,
+        FeatureCache,
+        audio_token_id,
+        compute_features,
+        expand_audio_tokens,
+    )
+    from xkd_eval.distill.kd_data import load_kd_examples, split_examples, spoken_examples, teacher_prompt
+    from xkd_eval.distill.kd_data import teacher_targets as make_targets
+    from xkd_eval.distill.teacher_cache import TeacherCache, fill_teacher_cache, teacher_identity
+    from xkd_eval.distill.train import TRAINING_FILE, export_adapter, render_prompt, train
+    from xkd_eval.io import atomic_write_text
+
+    config = load_kd_config(config)
+    teacher, student, data = teacher or config.teacher, student or config.student, data or config.data
+    if not (teacher and student and data):
+        raise XkdError("distill needs a teacher, a student and data (arguments or config fields)")
+    say = log or (lambda message: None)
+    out_dir = Path(out_dir).expanduser()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if cache_root is None:
+        from xkd_eval.organism.parts import cache_root as default_cache
+
+        cache_root = default_cache() / "kd"
+    cache_root = Path(cache_root).expanduser()
+    wall = time.perf_counter()
+    figures: dict[str, Any] = {"teacher": teacher, "student": student, "data": str(data)}
+
+    # models and the vocabulary check come first: refuse before any work is spent
+    t_model, t_tok = load_teacher(teacher)
+    s_model, processor = load_student(student)
+    s_tok = processor.tokenizer
+    shared = check_vocab_compatible(s_tok.get_vocab(), t_tok.get_vocab())
+    shared = min(
+        shared, t_model.get_output_embeddings().weight.shape[0], s_model.get_output_embeddings().weight.shape[0]
+    )
+    figures["shared_vocab"] = shared
+    say(f"teacher {teacher}, student {student}: vocabularies compatible ({shared} shared ids)")
+
+    examples = load_kd_examples(data, limit=config.data_limit, seed=config.seed)
+    identity = teacher_identity(t_model)
+    if config.targets == "teacher":
+        started = time.perf_counter()
+        examples = make_targets(
+            examples,
+            t_model,
+            t_tok,
+            identity,
+            cache_root / "targets",
+            max_new_tokens=config.max_new_tokens,
+            batch_size=config.teacher_batch_size,
+            log=say,
+        )
+        figures["targets_seconds"] = round(time.perf_counter() - started, 1)
+    missing = [e.id for e in examples if not (e.response or "").strip()]
+    if missing:
+        raise XkdError(f"{len(missing)} examples have no response (e.g. {missing[:3]}); use targets: teacher")
+    train_ex, eval_ex = split_examples(examples, config.eval_fraction, config.seed)
+    figures |= {"examples_train": len(train_ex), "examples_eval": len(eval_ex)}
+
+    channels = list(config.channels)
+    features: dict[str, torch.Tensor] = {}
+    if "st" in channels:
+        started = time.perf_counter()
+        from xkd_eval.distill.data import load_example_audio
+
+        spoken = spoken_examples(train_ex + eval_ex, config.voices, progress=progress)
+        audios = load_example_audio(spoken)  # duck-typed: .audio and .id
+        stats = CacheStats()
+        feats = compute_features(
+            s_model,
+            processor.feature_extractor,
+            audios,
+            FeatureCache.for_model(s_model, processor.feature_extractor),
+            batch_size=config.encoder_batch_size,
+            window=config.feature_window,
+            progress=progress,
+            stats=stats,
+        )
+        features = {e.id: f for e, f in zip(spoken, feats, strict=True)}
+        figures |= {"features_computed": stats.computed, "features_reused": stats.reused}
+        figures["speech_seconds"] = round(time.perf_counter() - started, 1)
+
+    eos = s_tok.eos_token or ""
+    tt_cache: dict[str, list[int]] = {}
+    audio_token = getattr(processor, "audio_token", "<|AUDIO|>")
+
+    def tokenize(example) -> KDItem:
+        response = s_tok(example.response + eos, add_special_tokens=False)["input_ids"][: config.max_response_tokens]
+        tt_text = processor.apply_chat_template(
+            [{"role": "user", "content": [{"type": "text", "text": example.instruction}]}],
+            tokenize=False,
+            add_generation_prompt=True,
+        )
+        tt = tt_cache.setdefault(tt_text, s_tok(tt_text)["input_ids"])
+        st = None
+        if "st" in channels:
+            from xkd_eval.models.base import SPEECH_INSTRUCTION
+
+            n_audio = features[example.id].shape[0]
+            st_text = expand_audio_tokens(render_prompt(processor, SPEECH_INSTRUCTION), [n_audio], audio_token)
+            st = s_tok(st_text)["input_ids"]
+            if sum(1 for t in st if t == audio_token_id(s_model)) != n_audio:
+                raise XkdError(f"example {example.id}: audio tokens and features disagree")
+        tp = t_tok(teacher_prompt(t_tok, example.instruction))["input_ids"]
+        return KDItem(example.id, list(response), list(tt), st, features.get(example.id), list(tp))
+
+    train_items = [tokenize(e) for e in train_ex]
+    eval_items = [tokenize(e) for e in eval_ex]
+    t_pad = t_tok.pad_token_id if t_tok.pad_token_id is not None else t_tok.eos_token_id
+    resident = None
+    if config.teacher_mode == "cached":
+        started = time.perf_counter()
+        cache = TeacherCache(cache_root / "teacher", identity, config.top_k, shared)
+        everything = train_items + eval_items
+        logits = fill_teacher_cache(
+            cache,
+            t_model,
+            [i.teacher_prompt for i in everything],
+            [i.response_ids for i in everything],
+            pad_id=t_pad,
+            batch_size=config.teacher_batch_size,
+        )
+        for item, value in zip(everything, logits, strict=True):
+            item.teacher = value
+        figures["teacher_cache"] = {**cache.stats, "seconds": round(time.perf_counter() - started, 1)}
+        del t_model
+        gc.collect()  # the teacher is not resident while the student trains
+    else:
+        resident = t_model
+
+    import accelerate
+
+    world = accelerate.PartialState().num_processes
+    run = _run_config(config, len(train_items), world)
+    model = setup_kd_trainable(s_model, run)
+    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    pad_id = s_tok.pad_token_id if s_tok.pad_token_id is not None else 0
+    loss = KDLoss(model, run, shared, resident, t_pad)
+    if resident is not None:
+        loss._teacher = [resident]
+    say(f"training {run.trainable} ({n_trainable:,} parameters), channels {run.channels}, {run.max_steps} steps")
+    result = train(
+        model,
+        train_items,
+        run,
+        out_dir,
+        pad_id=pad_id,
+        resume=resume,
+        progress=progress,
+        log=say,
+        loss_module=loss,
+        collate_fn=lambda items: collate_kd(items, pad_id, channels),
+        validate=(lambda module: validation_losses(module, eval_items, run.eval_batch_size, pad_id))
+        if eval_items
+        else None,
+        eval_every=run.eval_every,
+        lengths=[i.length for i in train_items],
+    )
+
+    model.eval()
+    main = accelerate.PartialState().is_main_process
+    written = export_adapter(model, run, out_dir / "adapter") if main else []
+    merged = None
+    if run.save_merged and main:
+        merged_model = model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
+        merged = out_dir / "student"
+        merged_model.save_pretrained(str(merged))
+        processor.save_pretrained(str(merged))
+    train_log = [r for r in result.log if "loss" in r]
+    val_log = [r for r in result.log if any(k.startswith("val_") for k in r)]
+    curves = {
+        key: [[r["step"], round(r[key], 5)] for r in train_log if key in r]
+        for key in ["loss"] + [f"{c}_{p}" for c in channels for p in ("ce", "kd")]
+    }
+    figures |= {
+        "steps": result.steps,
+        "stopped": result.stopped,
+        "resumed_from": result.resumed_from,
+        "train_seconds": round(result.seconds, 2),
+        "wall_seconds": round(time.perf_counter() - wall, 1),
+        "trainable_parameters": n_trainable,
+        "tokens_trained": sum(r.get("tokens", 0) for r in train_log),
+        "curves": curves,
+        "validation": val_log,
+        "loss_first": train_log[0]["loss"] if train_log else None,
+        "loss_last": train_log[-1]["loss"] if train_log else None,
+        "adapter_dir": str(out_dir / "adapter"),
+        "adapter_files": {p.name: p.stat().st_size for p in written},
+        "merged_student": str(merged) if merged else None,
+        "model_spec": f"qwen2-audio:{merged}" if merged else None,
+        "config": run.to_dict(),
+    }
+    if accelerate.PartialState().is_main_process:
+        atomic_write_text(out_dir / TRAINING_FILE, json.dumps(figures, indent=1) + "\n")
+    say(
+        f"distilled in {figures['train_seconds']} s ({result.steps} steps); "
+        f"loss {figures['loss_first']} -> {figures['loss_last']}"
+    )
+    return figures
+
+
+__all__ = ["KDBatch", "KDConfig", "KDItem", "KDLoss", "collate_kd", "distill", "load_kd_config", "setup_kd_trainable"]

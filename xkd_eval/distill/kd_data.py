@@ -1,0 +1,335 @@
+"""Cross-modal KD examples: (id, instruction text, response), plus the spoken version of the instruction.
+
+Sources (``load_kd_examples``):
+
+- ``"hub:Open-Orca/OpenOrca"`` (or a bare ``Open-Orca/OpenOrca``): the hub through the real ``datasets``
+  code path, ``load_dataset(name, split="train", streaming=False)`` with the ``question``/``response``
+  columns. Offline this fails: the error says to pass a local file with ``--data``;
+- a local JSONL file: one object a line with ``instruction``, optional ``response`` (needed unless the
+  targets come from the teacher), optional ``spoken_text`` (what the TTS reads; default the
+  instruction), optional ``id`` and ``audio`` (a WAV path, relative to the file).
+
+Anything that is (or contains) a built-in benchmark text is dropped (``xkd_eval.builtin.is_builtin_text``),
+so the benchmark stays held out. ``split_examples`` makes the seeded held-out split;
+``teacher_targets`` replaces the responses by the teacher's greedy answers (batched, cached on disk);
+``spoken_examples`` synthesises the spoken instructions with our TTS (cached by ``xkd_eval.tts``).
+
+``write_organism_kd_data`` writes the default local KD set of the embedded organism
+(``distill/organism-kd.jsonl``): templated everyday requests, general-knowledge questions and short
+definitions, disjoint from the built-in benchmark.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from xkd_eval.errors import XkdError
+
+HUB_DEFAULT = "Open-Orca/OpenOrca"
+
+
+@dataclass(frozen=True)
+class KDExample:
+    id: str
+    instruction: str  # the text query (the teacher's prompt; the T→T student's prompt)
+    response: str | None = None  # the target (gold, or the teacher's greedy answer)
+    spoken_text: str | None = None  # what is spoken in the S→T channel (default: the instruction)
+    audio: str | None = None  # a 16 kHz WAV of the spoken text, once synthesised or given
+
+    @property
+    def speech(self) -> str:
+        return self.spoken_text or self.instruction
+
+    def record(self) -> dict[str, Any]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+
+def kd_id(instruction: str) -> str:
+    return "kd-" + hashlib.sha256(instruction.encode()).hexdigest()[:12]
+
+
+def _not_builtin(examples: list[KDExample]) -> tuple[list[KDExample], int]:
+    from xkd_eval.builtin import is_builtin_text
+
+    kept = [e for e in examples if not (is_builtin_text(e.instruction) or is_builtin_text(e.speech))]
+    return kept, len(examples) - len(kept)
+
+
+def read_kd_jsonl(path: str | os.PathLike) -> list[KDExample]:
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise XkdError(f"KD data file {path} does not exist")
+    out: list[KDExample] = []
+    seen: set[str] = set()
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError as exc:
+            raise XkdError(f"{path}:{number}: not JSON: {exc}") from exc
+        if not isinstance(record, dict) or not str(record.get("instruction") or "").strip():
+            raise XkdError(f"{path}:{number}: expected an object with a non-empty 'instruction'")
+        instruction = str(record["instruction"]).strip()
+        uid = str(record.get("id") or kd_id(instruction))
+        if uid in seen:
+            raise XkdError(f"{path}:{number}: duplicate id {uid!r}")
+        seen.add(uid)
+        audio = record.get("audio")
+        if audio is not None:
+            audio_path = Path(str(audio)).expanduser()
+            audio = str(audio_path if audio_path.is_absolute() else path.parent / audio_path)
+        response = record.get("response")
+        out.append(
+            KDExample(
+                uid,
+                instruction,
+                None if response is None else str(response),
+                record.get("spoken_text") or None,
+                audio,
+            )
+        )
+    if not out:
+        raise XkdError(f"{path} holds no examples")
+    return out
+
+
+def load_hub_examples(name: str = HUB_DEFAULT, limit: int | None = None, seed: int = 0) -> list[KDExample]:
+    """Open-Orca-style hub data (``question``/``response``) through ``datasets.load_dataset``."""
+    try:
+        from datasets import load_dataset
+
+        dataset = load_dataset(name, split="train", streaming=False)
+        dataset = dataset.select_columns(["question", "response"])
+    except Exception as exc:  # offline: a ConnectionError / OfflineModeIsEnabled / FileNotFoundError
+        raise XkdError(
+            f"cannot load the KD data set {name!r} from the hub ({type(exc).__name__}: {exc}). Offline, pass a "
+            "local JSONL file with --data (one object a line: instruction, optional response, optional "
+            "spoken_text), e.g. distill/organism-kd.jsonl"
+        ) from exc
+    indices = list(range(len(dataset)))
+    if limit is not None and limit < len(indices):
+        indices = sorted(random.Random(seed).sample(indices, limit))
+        dataset = dataset.select(indices)
+    return [
+        KDExample(kd_id(str(row["question"])), str(row["question"]), str(row["response"]))
+        for row in dataset
+        if str(row.get("question") or "").strip()
+    ]
+
+
+def load_kd_examples(data: str | os.PathLike, *, limit: int | None = None, seed: int = 0) -> list[KDExample]:
+    """The KD examples of ``data`` (a JSONL path, or ``hub:NAME`` / a hub id), benchmark items removed."""
+    text = str(data)
+    local = Path(text).expanduser()
+    if local.is_file() or text.endswith(".jsonl"):
+        examples = read_kd_jsonl(local)
+        if limit is not None:
+            examples = examples[:limit]
+    else:
+        examples = load_hub_examples(text.removeprefix("hub:"), limit, seed)
+    examples, dropped = _not_builtin(examples)
+    if not examples:
+        raise XkdError(f"{data}: no examples left after removing {dropped} built-in benchmark items")
+    return examples
+
+
+def split_examples(
+    examples: Sequence[KDExample], fraction: float, seed: int = 0
+) -> tuple[list[KDExample], list[KDExample]]:
+    """(train, held-out): a seeded ``fraction`` of the examples (at least one when fraction > 0)."""
+    if not 0.0 <= fraction < 1.0:
+        raise XkdError(f"eval fraction must be in [0, 1), got {fraction}")
+    order = list(range(len(examples)))
+    random.Random(seed).shuffle(order)
+    n_eval = 0 if fraction == 0 else max(1, round(len(examples) * fraction))
+    if n_eval >= len(examples):
+        raise XkdError(f"{len(examples)} examples are too few for a held-out fraction of {fraction}")
+    held = set(order[:n_eval])
+    return [e for i, e in enumerate(examples) if i not in held], [e for i, e in enumerate(examples) if i in held]
+
+
+# ---------------------------------------------------------------------------------------------- teacher targets
+
+
+def teacher_targets(
+    examples: Sequence[KDExample],
+    model: Any,
+    tokenizer: Any,
+    identity: str,
+    cache_dir: str | os.PathLike,
+    *,
+    max_new_tokens: int = 64,
+    batch_size: int = 8,
+    log: Callable[[str], None] | None = None,
+) -> list[KDExample]:
+    """Each example's response replaced by the teacher's greedy answer to its text prompt (batched,
+    left-padded); answers are cached on disk by teacher identity, prompt and ``max_new_tokens``."""
+    import torch
+
+    from xkd_eval.io import atomic_write_text
+
+    cache_dir = Path(cache_dir).expanduser()
+    cache_dir.mkdir(parents=True, exist_ok=True)
+
+    def key(instruction: str) -> Path:
+        digest = hashlib.sha256(json.dumps([identity, instruction, max_new_tokens]).encode()).hexdigest()
+        return cache_dir / f"{digest[:32]}.json"
+
+    answers: dict[str, str] = {}
+    todo = []
+    for example in examples:
+        path = key(example.instruction)
+        if path.is_file():
+            answers[example.instruction] = json.loads(path.read_text())["response"]
+        elif example.instruction not in todo:
+            todo.append(example.instruction)
+    if todo:
+        say = log or (lambda message: None)
+        say(f"teacher targets: generating {len(todo)} greedy answers ({len(answers)} cached)")
+        side = tokenizer.padding_side
+        tokenizer.padding_side = "left"
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        try:
+            todo.sort(key=len)
+            for start in range(0, len(todo), batch_size):
+                chunk = todo[start : start + batch_size]
+                prompts = [teacher_prompt(tokenizer, text) for text in chunk]
+                enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+                with torch.no_grad():
+                    out = model.generate(
+                        **enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad, num_beams=1
+                    )
+                for text, row in zip(chunk, out[:, enc["input_ids"].shape[1] :], strict=True):
+                    answer = tokenizer.decode(row, skip_special_tokens=True).strip() or "."
+                    answers[text] = answer
+                    atomic_write_text(key(text), json.dumps({"instruction": text, "response": answer}) + "\n")
+        finally:
+            tokenizer.padding_side = side
+    return [dataclasses.replace(e, response=answers[e.instruction]) for e in examples]
+
+
+def teacher_prompt(tokenizer: Any, instruction: str) -> str:
+    """The teacher's (text LLM's) prompt: its chat template, user turn, generation prompt."""
+    messages = [{"role": "user", "content": instruction}]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+# ---------------------------------------------------------------------------------------------- speech
+
+
+def spoken_examples(
+    examples: Sequence[KDExample], voices: Sequence[str] | None = None, cache: str | os.PathLike | None = None,
+    *, progress: bool = True,
+) -> list[KDExample]:  # fmt: skip
+    """Examples without audio get a TTS clip of their spoken text (``xkd_eval.tts``, cached)."""
+    from xkd_eval.distill.data import SpokenExample, synthesize_examples
+    from xkd_eval.models.base import SPEECH_INSTRUCTION
+
+    spoken = [SpokenExample(e.id, SPEECH_INSTRUCTION, e.speech, e.response or "", audio=e.audio) for e in examples]
+    spoken = synthesize_examples(spoken, voices, cache, progress=progress)
+    return [dataclasses.replace(e, audio=s.audio) for e, s in zip(examples, spoken, strict=True)]
+
+
+# ---------------------------------------------------------------------------------------------- organism data
+
+_DEFINE = (
+    "a volcano", "a glacier", "photosynthesis", "gravity", "a planet", "a verb", "a noun", "democracy",
+    "a library", "a museum", "an island", "a desert", "a rainbow", "a thermometer", "a calendar", "a bridge",
+    "a recipe", "a vaccine", "electricity", "a magnet", "an orchestra", "a poem", "a map", "a compass",
+    "a telescope", "a battery", "friendship", "a habit", "a budget", "a password", "a cloud", "a river",
+)  # fmt: skip
+_DEFINE_FORMS = (
+    "What is {x}?", "Define {x} in one sentence.", "Explain what {x} is to a child.",
+    "Give me a short definition of {x}.", "In simple words, what is {x}?",
+)  # fmt: skip
+_FACTS = (
+    ("Japan", "capital"), ("Canada", "capital"), ("Italy", "capital"), ("Egypt", "capital"), ("Spain", "capital"),
+    ("Kenya", "capital"), ("Norway", "capital"), ("Brazil", "official language"), ("Mexico", "official language"),
+    ("Germany", "currency"), ("the United Kingdom", "currency"), ("India", "largest city"),
+)  # fmt: skip
+_FACT_FORMS = (
+    "Do you know the {a} of {c}?", "Tell me the {a} of {c}.", "Which is the {a} of {c}?",
+    "I forgot the {a} of {c}. Can you remind me?",
+)  # fmt: skip
+_REQUESTS = (
+    "make a cup of tea", "fall asleep faster", "save money on groceries", "stay focused while studying",
+    "keep a plant alive", "clean a frying pan", "start running", "learn new words", "pack for a weekend trip",
+    "write a thank-you note", "plan a birthday party", "boil an egg", "remember people's names",
+    "tie a simple knot", "organise a desk", "cool down on a hot day",
+)  # fmt: skip
+_REQUEST_FORMS = (
+    "How can I {x}?", "Give me two tips to {x}.", "What is an easy way to {x}?", "I want to {x}. Any advice?",
+)  # fmt: skip
+_TOPICS = (
+    "the sea", "autumn", "a busy city", "a quiet morning", "mountains", "a good friend", "rain", "the moon",
+    "a cat", "breakfast", "a long journey", "music", "a garden", "snow",
+)  # fmt: skip
+_TOPIC_FORMS = (
+    "Write one sentence about {x}.", "Describe {x} in a few words.", "Say something nice about {x}.",
+    "Write a very short poem about {x}.",
+)  # fmt: skip
+_ANIMALS = (
+    "elephants", "penguins", "owls", "dolphins", "bees", "octopuses", "camels", "frogs", "giraffes", "ants",
+    "wolves", "turtles",
+)  # fmt: skip
+_ANIMAL_FORMS = (
+    "Tell me a fun fact about {x}.", "Where do {x} live?", "What do {x} eat?", "Why are {x} interesting?",
+)  # fmt: skip
+_OPPOSITES = "hot tall fast happy early light loud empty strong rich open young soft wet".split()
+_OPPOSITE_FORMS = ("What is the opposite of {x}?", "Give me a word that means the opposite of {x}.")
+
+
+def organism_kd_instructions() -> list[str]:
+    """The default KD instructions of the organism (about 400, templated, deterministic order)."""
+    items: list[str] = []
+    for forms, values, field in (
+        (_DEFINE_FORMS, _DEFINE, "x"),
+        (_REQUEST_FORMS, _REQUESTS, "x"),
+        (_TOPIC_FORMS, _TOPICS, "x"),
+        (_ANIMAL_FORMS, _ANIMALS, "x"),
+        (_OPPOSITE_FORMS, _OPPOSITES, "x"),
+    ):
+        items += [form.format(**{field: value}) for value in values for form in forms]
+    items += [form.format(c=c, a=a) for c, a in _FACTS for form in _FACT_FORMS]
+    rng = random.Random(0)
+    for _ in range(40):
+        a, b = rng.randint(2, 30), rng.randint(2, 30)
+        items.append(f"If I have {a} books and buy {b} more, how many books do I have?")
+    seen: set[str] = set()
+    unique = [s for s in items if not (s in seen or seen.add(s))]
+    random.Random(1).shuffle(unique)
+    return unique
+
+
+def write_organism_kd_data(path: str | os.PathLike = "distill/organism-kd.jsonl") -> Path:
+    """Write the organism's default KD data (instructions only: the targets come from the teacher)."""
+    from xkd_eval.io import atomic_write_text
+
+    examples, _ = _not_builtin([KDExample(kd_id(s), s) for s in organism_kd_instructions()])
+    path = Path(path)
+    atomic_write_text(path, "".join(json.dumps(e.record(), ensure_ascii=False) + "\n" for e in examples))
+    return path
+
+
+__all__ = [
+    "HUB_DEFAULT",
+    "KDExample",
+    "load_hub_examples",
+    "load_kd_examples",
+    "organism_kd_instructions",
+    "read_kd_jsonl",
+    "spoken_examples",
+    "split_examples",
+    "teacher_prompt",
+    "teacher_targets",
+    "write_organism_kd_data",
+]

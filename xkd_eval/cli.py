@@ -326,12 +326,13 @@ def adapt_organism(
 def demo(
     reports: Annotated[Path, typer.Option(help="Where the reference reports are written.")] = Path("reports"),
     limit: LimitOpt = None,
+    distill: Annotated[bool, typer.Option(help="Also run the distillation stage (reports/distill).")] = True,
 ) -> None:
     """The whole story on the embedded default, offline on a CPU (what `make demo` runs)."""
     from xkd_eval.demo import run_demo
 
     try:
-        run_demo(reports, limit=limit)
+        run_demo(reports, limit=limit, distill=distill)
     except XkdError as exc:
         fail(str(exc))
 

@@ -9,7 +9,6 @@ cached: a rerun redoes nothing and takes seconds.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,9 @@ from rich.console import Console
 MEASURE_TASKS = ("builtin/mcq", "builtin/qa", "builtin/ifeval", "builtin/refusal", "builtin/listen")
 MCQ_MODE = "cloze"
 MAX_NEW_TOKENS = 48
+# before/after the distillation: knowledge (mcq, qa) and listening retention (listen)
+DISTILL_EVAL = ("builtin/mcq", "builtin/qa", "builtin/listen")
+DISTILL_RECIPE = Path(__file__).resolve().parents[1] / "distill" / "organism.yaml"
 
 
 @dataclass
@@ -42,7 +44,31 @@ class StageClock:
         self.console.print(f"  {'total':<40} {sum(self.stages.values()):8.1f}s", highlight=False)
 
 
-def run_demo(reports: Path, *, limit: int | None = None, extra_stages: list[Callable[[StageClock], None]] = ()):
+def distill_stage(reports: Path, config) -> None:
+    """The remedy on the embedded pair. The 'before' arms are the measurement just made (same models,
+    prompts and settings), served from its results cache; checkpoints and the merged student go to the
+    cache folder, not into the reports."""
+    import shutil
+
+    from xkd_eval.distill.pipeline import run_distillation
+    from xkd_eval.organism.parts import cache_root
+    from xkd_eval.runner.store import slug
+
+    out = reports / "distill"
+    measured = reports / "measure" / "results"
+    # the models that do not change keep their answers: both before, the teacher after
+    for run, models in (("before", ("organism-base", "organism")), ("after", ("organism-base",))):
+        for model in models:
+            source, target = measured / slug(model), out / run / "results" / slug(model)
+            if source.exists() and not target.exists():
+                shutil.copytree(source, target)
+    run_distillation(
+        teacher=None, student=None, data=None, config=DISTILL_RECIPE, out=out, eval_tasks=DISTILL_EVAL,
+        eval_config=config, train_dir=cache_root() / "demo-distill",
+    )  # fmt: skip
+
+
+def run_demo(reports: Path, *, limit: int | None = None, distill: bool = True):
     from xkd_eval.builtin import ensure_builtin_audio
     from xkd_eval.models.base import GenerationSettings
     from xkd_eval.organism import smollm2_hf_dir
@@ -72,7 +98,8 @@ def run_demo(reports: Path, *, limit: int | None = None, extra_stages: list[Call
             arms=["base_text", "slm_text", "slm_speech"],
             config=config,
         )
-    for stage in extra_stages:
-        stage(clock)
+    if distill:
+        with clock.stage("distil organism from organism-base, measure before/after"):
+            distill_stage(reports, config)
     clock.report()
     return clock.stages

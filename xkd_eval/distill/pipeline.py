@@ -30,7 +30,10 @@ def run_distillation(
     channels: str | None = None,
     resume: bool = False,
     eval_config: Any = None,
+    train_dir: Path | None = None,
 ) -> dict[str, Any]:
+    """``train_dir`` (default ``out/train``) takes the checkpoints and the merged student, which are
+    large; ``out`` keeps the measurements, ``training.json`` and the report."""
     from xkd_eval.distill.kd import distill, load_kd_config
     from xkd_eval.runner.measure import measure
 
@@ -42,10 +45,11 @@ def run_distillation(
     arms = ["base_text", "slm_text", "slm_speech"]
     if eval_tasks:
         measure(model=student, base=teacher, tasks=eval_tasks, arms=arms, config=eval_config.with_out(out / "before"))
-    figures = distill(teacher, student, data, out / "train", kd_config, resume=resume)
-    training = json.loads((out / "train" / "training.json").read_text())
+    train_dir = Path(train_dir) if train_dir else out / "train"
+    figures = distill(teacher, student, data, train_dir, kd_config, resume=resume)
+    training = json.loads((train_dir / "training.json").read_text())
     atomic_write_text(out / "training.json", json.dumps(training | {"teacher": teacher, "student": student}, indent=2))
-    distilled = f"qwen2-audio:{(out / 'train' / 'student').resolve()}"
+    distilled = f"qwen2-audio:{(train_dir / 'student').resolve()}"
     if eval_tasks:
         measure(
             model=distilled,

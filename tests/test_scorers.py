@@ -65,6 +65,7 @@ def test_mcq_voicebench_hand_worked(response, expected):
         ("It is either A or B, maybe (A) or (B).", None),  # ambiguous
         ("First I thought the answer is A, but the answer is C.", "C"),  # the last statement wins
         ("B. whale", "B"),
+        ("I think it's c) trout", "C"),
     ],
 )
 def test_mcq_robust_hand_worked(response, expected):

@@ -52,6 +52,7 @@ _FORMATTED = [
     re.compile(r"\\boxed\{\s*(?:\\text\{)?\s*([A-Da-d])\b"),
     re.compile(r"\*\*\s*\(?([A-Da-d])\)?\s*[.:)]?\s*\*\*"),
     re.compile(r"\(([A-D])\)"),
+    re.compile(r"(?:^|\s)([A-Da-d])\)"),  # "it's c) water": a letter closing a parenthesis
     re.compile(r"(?m)^\s*[\"'*(\[]*([A-D])\s*[.:)\]]"),
 ]
 _OPTION_LINE = re.compile(r"(?m)^\s*\(?([A-D])[.):]\s+(.+?)\s*$")

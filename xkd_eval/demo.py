@@ -22,6 +22,8 @@ MAX_NEW_TOKENS = 48
 # before/after the distillation: knowledge (mcq, qa) and listening retention (listen)
 DISTILL_EVAL = ("builtin/mcq", "builtin/qa", "builtin/listen")
 DISTILL_RECIPE = Path(__file__).resolve().parents[1] / "distill" / "organism.yaml"
+DISTILL_LIMIT = 100  # first items of each task, before and after (the demo's time budget)
+DISTILL_TRAIN_BUDGET_S = 480
 
 
 @dataclass
@@ -62,9 +64,12 @@ def distill_stage(reports: Path, config) -> None:
             source, target = measured / slug(model), out / run / "results" / slug(model)
             if source.exists() and not target.exists():
                 shutil.copytree(source, target)
+    from dataclasses import replace
+
     run_distillation(
         teacher=None, student=None, data=None, config=DISTILL_RECIPE, out=out, eval_tasks=DISTILL_EVAL,
-        eval_config=config, train_dir=cache_root() / "demo-distill",
+        eval_config=replace(config, limit=config.limit or DISTILL_LIMIT), train_dir=cache_root() / "demo-distill",
+        overrides={"time_budget_s": DISTILL_TRAIN_BUDGET_S},
     )  # fmt: skip
 
 

@@ -31,6 +31,7 @@ def run_distillation(
     resume: bool = False,
     eval_config: Any = None,
     train_dir: Path | None = None,
+    overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """``train_dir`` (default ``out/train``) takes the checkpoints and the merged student, which are
     large; ``out`` keeps the measurements, ``training.json`` and the report."""
@@ -38,6 +39,8 @@ def run_distillation(
     from xkd_eval.runner.measure import measure
 
     kd_config = load_kd_config(config)
+    if overrides:
+        kd_config = kd_config.replace(**overrides)
     if channels:
         tt, st = CHANNELS[channels]
         kd_config = kd_config.replace(tt_weight=tt, st_weight=st)

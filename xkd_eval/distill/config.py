@@ -25,9 +25,57 @@ class ConfigError(XkdError):
     """A recipe field is missing, unknown or out of range; the message names it."""
 
 
+class RecipeConfig:
+    """What every recipe dataclass shares: a dict/YAML round trip with unknown fields refused."""
+
+    kind = "config"
+
+    def to_dict(self) -> dict[str, Any]:
+        record = dataclasses.asdict(self)
+        record["adam_betas"] = list(self.adam_betas)
+        return record
+
+    def replace(self, **changes: Any):
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], *, source: str | None = None):
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"{source or cls.kind}: unknown fields {unknown}; known: {', '.join(sorted(known))}")
+        return cls(**values)
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike):
+        import yaml
+
+        path = Path(path).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"{cls.kind} {path} does not exist")
+        try:
+            values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: expected a mapping of fields")
+        return cls.from_dict(values, source=str(path))
+
+    @classmethod
+    def load(cls, source):
+        """From a YAML path, a dict, or an instance (returned as it is)."""
+        if isinstance(source, cls):
+            return source
+        if isinstance(source, dict):
+            return cls.from_dict(source)
+        return cls.from_yaml(source)
+
+
 @dataclass
-class AdaptConfig:
+class AdaptConfig(RecipeConfig):
     """How the speech LLM is adapted: base model, data, trainable scope, optimisation, checkpoints."""
+
+    kind = "adaptation config"
 
     # --- base model
     base_model: str = "organism"  # "organism": the assembled Whisper-base + SmolLM2 speech LLM; or a folder
@@ -129,45 +177,10 @@ class AdaptConfig:
     def trains_projector(self) -> bool:
         return "projector" in self.trainable
 
-    def to_dict(self) -> dict[str, Any]:
-        record = dataclasses.asdict(self)
-        record["adam_betas"] = list(self.adam_betas)
-        return record
-
-    def replace(self, **changes: Any) -> AdaptConfig:
-        return dataclasses.replace(self, **changes)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any], *, source: str = "config") -> AdaptConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"{source}: unknown fields {unknown}; known: {', '.join(sorted(known))}")
-        return cls(**values)
-
-    @classmethod
-    def from_yaml(cls, path: str | os.PathLike) -> AdaptConfig:
-        import yaml
-
-        path = Path(path).expanduser()
-        if not path.is_file():
-            raise ConfigError(f"adaptation config {path} does not exist")
-        try:
-            values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-        if not isinstance(values, dict):
-            raise ConfigError(f"{path}: expected a mapping of fields")
-        return cls.from_dict(values, source=str(path))
-
 
 def load_config(source: str | os.PathLike | dict[str, Any] | AdaptConfig) -> AdaptConfig:
     """An ``AdaptConfig`` from a YAML path, a dict or a config."""
-    if isinstance(source, AdaptConfig):
-        return source
-    if isinstance(source, dict):
-        return AdaptConfig.from_dict(source)
-    return AdaptConfig.from_yaml(source)
+    return AdaptConfig.load(source)
 
 
-__all__ = ["LLM_LINEAR_MODULES", "TRAINABLE_SCOPES", "AdaptConfig", "ConfigError", "load_config"]
+__all__ = ["LLM_LINEAR_MODULES", "TRAINABLE_SCOPES", "AdaptConfig", "ConfigError", "RecipeConfig", "load_config"]

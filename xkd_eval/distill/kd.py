@@ -22,7 +22,6 @@ runner loads as ``qwen2-audio:<out_dir>/student``) and ``out_dir/training.json``
 
 from __future__ import annotations
 
-import dataclasses
 import gc
 import json
 import math
@@ -36,7 +35,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from xkd_eval.distill.config import LLM_LINEAR_MODULES, ConfigError
+from xkd_eval.distill.config import LLM_LINEAR_MODULES, ConfigError, RecipeConfig
 from xkd_eval.distill.losses import (
     KINDS,
     TopK,
@@ -55,8 +54,10 @@ MIXED = ("auto", "no", "bf16", "fp16")
 
 
 @dataclass
-class KDConfig:
+class KDConfig(RecipeConfig):
     """Cross-modal KD settings. Load from YAML with ``KDConfig.from_yaml`` / ``load_kd_config``."""
+
+    kind = "KD config"
 
     # --- models and data (``distill``'s arguments override these)
     teacher: str | None = None  # model spec of the text LLM teacher (e.g. organism-base, a folder, a hub id)
@@ -169,44 +170,9 @@ class KDConfig:
     def channels(self) -> dict[str, float]:
         return {name: w for name, w in (("tt", self.tt_weight), ("st", self.st_weight)) if w > 0}
 
-    def to_dict(self) -> dict[str, Any]:
-        record = dataclasses.asdict(self)
-        record["adam_betas"] = list(self.adam_betas)
-        return record
-
-    def replace(self, **changes: Any) -> KDConfig:
-        return dataclasses.replace(self, **changes)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any], *, source: str = "KD config") -> KDConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"{source}: unknown fields {unknown}; known: {', '.join(sorted(known))}")
-        return cls(**values)
-
-    @classmethod
-    def from_yaml(cls, path: str | os.PathLike) -> KDConfig:
-        import yaml
-
-        path = Path(path).expanduser()
-        if not path.is_file():
-            raise ConfigError(f"KD config {path} does not exist")
-        try:
-            values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-        if not isinstance(values, dict):
-            raise ConfigError(f"{path}: expected a mapping of fields")
-        return cls.from_dict(values, source=str(path))
-
 
 def load_kd_config(source: str | os.PathLike | dict[str, Any] | KDConfig) -> KDConfig:
-    if isinstance(source, KDConfig):
-        return source
-    if isinstance(source, dict):
-        return KDConfig.from_dict(source)
-    return KDConfig.from_yaml(source)
+    return KDConfig.load(source)
 
 
 # ---------------------------------------------------------------------------------------------- examples

@@ -69,7 +69,7 @@ def distill_stage(reports: Path, config) -> None:
     run_distillation(
         teacher=None, student=None, data=None, config=DISTILL_RECIPE, out=out, eval_tasks=DISTILL_EVAL,
         eval_config=replace(config, limit=config.limit or DISTILL_LIMIT), train_dir=cache_root() / "demo-distill",
-        overrides={"time_budget_s": DISTILL_TRAIN_BUDGET_S},
+        overrides={"time_budget_s": DISTILL_TRAIN_BUDGET_S}, resume=True,  # a finished training is reused
     )  # fmt: skip
 
 

@@ -326,7 +326,9 @@ def adapt_organism(
 def demo(
     reports: Annotated[Path, typer.Option(help="Where the reference reports are written.")] = Path("reports"),
     limit: LimitOpt = None,
-    distill: Annotated[bool, typer.Option(help="Also run the distillation stage (reports/distill).")] = True,
+    distill: Annotated[
+        bool, typer.Option(help="Also distil organism from organism-base into reports/distill (not yet validated).")
+    ] = False,
 ) -> None:
     """The whole story on the embedded default, offline on a CPU (what `make demo` runs)."""
     from xkd_eval.demo import run_demo

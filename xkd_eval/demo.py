@@ -73,7 +73,7 @@ def distill_stage(reports: Path, config) -> None:
     )  # fmt: skip
 
 
-def run_demo(reports: Path, *, limit: int | None = None, distill: bool = True):
+def run_demo(reports: Path, *, limit: int | None = None, distill: bool = False):
     from xkd_eval.builtin import ensure_builtin_audio
     from xkd_eval.models.base import GenerationSettings
     from xkd_eval.organism import smollm2_hf_dir

@@ -19,7 +19,9 @@ from tiny_models import build_qwen2_audio  # noqa: E402
 from xkd_eval.distill.config import AdaptConfig, ConfigError, load_config  # noqa: E402
 from xkd_eval.distill.data import (  # noqa: E402
     SpokenExample,
+    examples_digest,
     generate_examples,
+    heldout_mcq_records,
     read_examples_jsonl,
     write_examples_jsonl,
 )
@@ -252,6 +254,21 @@ def test_generated_examples_are_seeded_and_held_out():
     assert len({e.task for e in first}) >= 8
     assert not any(is_builtin_text(e.spoken_text) for e in first)
     assert all(e.instruction and e.spoken_text and e.response for e in first)
+    heldout = heldout_mcq_records(40, exclude=first)
+    trained = {e.spoken_text for e in first}
+    assert len(heldout) == 40 and not any(r["spoken_text"] in trained for r in heldout)
+    assert all(r["choices"]["ABCD".index(r["reference"])] in r["spoken_text"] for r in heldout)
+
+
+# the data the committed organism adapter was trained on (its recipe's 1000 examples): a change of the
+# generator would stop distill/organism-adapt.yaml from rebuilding xkd_eval/organism/weights/organism-adapter
+RECIPE_DATA_SHA256 = "e666201fb50f458b54bedcc8f97549e8af4956cbb02b7131c9793fc02cbb9f80"
+
+
+def test_the_recipe_still_generates_the_committed_adapters_data():
+    recipe = load_config(Path(__file__).parents[1] / "distill" / "organism-adapt.yaml")
+    examples = generate_examples(recipe.n_examples, seed=recipe.data_seed, mix=recipe.data_mix)
+    assert examples_digest(examples) == RECIPE_DATA_SHA256
 
 
 def test_user_examples_jsonl_round_trip(tmp_path):

@@ -285,6 +285,15 @@ def example_id(task: str, instruction: str, spoken_text: str) -> str:
     return f"{task}-{digest[:12]}"
 
 
+def examples_digest(examples: Iterable[SpokenExample]) -> str:
+    """sha256 of the examples' ids and texts (not their audio): recorded in ``training.json``, so a
+    change of the generator that would stop a recipe from rebuilding its adapter is caught."""
+    digest = hashlib.sha256()
+    for e in examples:
+        digest.update(json.dumps([e.id, e.instruction, e.spoken_text, e.response]).encode() + b"\n")
+    return digest.hexdigest()
+
+
 def generate_examples(
     n: int = 1000, *, seed: int = 0, mix: dict[str, float] | None = None, max_tries: int = 50
 ) -> list[SpokenExample]:
@@ -504,6 +513,7 @@ __all__ = [
     "FAMILIES",
     "FIELDS",
     "SpokenExample",
+    "examples_digest",
     "generate_examples",
     "heldout_mcq_records",
     "load_example_audio",

@@ -642,7 +642,7 @@ def adapt_organism(
 ) -> dict[str, Any]:
     """Adapt the embedded speech LLM (or ``base_model``) by the recipe; write the adapter weights and
     ``training.json`` into ``out_dir``; return the figures (steps, wall time, loss start/end ...)."""
-    from xkd_eval.distill.data import write_examples_jsonl
+    from xkd_eval.distill.data import examples_digest, write_examples_jsonl
 
     config = load_config(config_path)
     if config.num_threads is not None:
@@ -683,6 +683,7 @@ def adapt_organism(
     figures |= {
         "base_model": str(base_dir),
         "examples": len(examples),
+        "data_sha256": examples_digest(examples),
         "families": {t: sum(1 for e in examples if e.task == t) for t in sorted({e.task for e in examples})},
         "trainable_parameters": n_trainable,
         "steps": result.steps,

@@ -1,17 +1,22 @@
 """Distillation throughput: training tokens/s and peak RSS of
 
 (a) our cached path: teacher top-k logits from disk (filled by a separate process first, so the
-    trainer never runs the teacher) and cached audio-encoder features;
-(b) the teacher run on the fly every step (GKD-style, teacher resident);
+    trainer never runs the teacher, and the teacher is unloaded before the student loads) and the frozen
+    audio encoder's outputs from disk;
+(b) the naive way, as a GKD-style trainer runs a speech student: the teacher resident and run every
+    step, and the student's frozen audio encoder run on every step's clips;
+(b_teacher) only the teacher on the fly (encoder outputs cached), to split (b)'s cost in two;
 (c) TRL's ``GKDTrainer`` on the T→T channel (teacher resident, lmbda=0: no on-policy generation), when
     ``trl`` imports (``pip install --target DIR trl`` and ``XKD_TRL_PATH=DIR`` keep it out of the venv).
 
-Same tiny-but-not-trivial pair (hidden 256, 4 layers, same tokenizer), same data, same steps. Each path
+``--pair organism`` (default) is the demo's real pair: organism-base (SmolLM2-135M-Instruct) teaching the
+organism (Whisper-base encoder + SmolLM2), on 2–4 s clips; ``--pair tiny`` a random pair with a tiny
+encoder (hidden 256, 4 layers) for a quick check. Same data, same steps, fp32, for every path. Each path
 runs in its own subprocess (peak RSS = that process's ru_maxrss). "Training tokens" are response tokens
 × channels; (a) and (b) train both channels; (a_tt) is (a) with T→T only, comparable with (c).
 The last line printed is one JSON object.
 
-    python benchmarks/distill_throughput.py [--steps 10] [--batch-size 8] [--repeats 2]
+    python benchmarks/distill_throughput.py [--pair organism|tiny] [--steps 8] [--batch-size 8] [--repeats 2]
 """
 
 from __future__ import annotations
@@ -32,30 +37,36 @@ WORDS = ["yes", "no", "answer", "question", "audio", "speech", "text", "option",
 SIZE = dict(hidden_size=256, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2)
 
 
-def build(work: Path, n: int) -> tuple[str, str, str]:
+def build(work: Path, n: int, pair: str) -> None:
     import soundfile as sf
-    import torch
     from conftest import tone
-    from tiny_models import build_qwen2_audio, build_tokenizer, llama_config
-    from transformers import LlamaForCausalLM
 
-    teacher = work / "teacher"
-    tokenizer = build_tokenizer(teacher)
-    torch.manual_seed(1)
-    config = llama_config(
-        len(tokenizer), eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **SIZE
-    )
-    LlamaForCausalLM(config).save_pretrained(teacher)
-    student = build_qwen2_audio(work / "student", seed=0, **SIZE)
+    if pair == "organism":
+        from xkd_eval.organism import smollm2_hf_dir
+        from xkd_eval.organism.trained import organism_dir
+
+        (work / "teacher").symlink_to(smollm2_hf_dir())
+        (work / "student").symlink_to(organism_dir())
+    else:
+        import torch
+        from tiny_models import build_qwen2_audio, build_tokenizer, llama_config
+        from transformers import LlamaForCausalLM
+
+        tokenizer = build_tokenizer(work / "teacher")
+        torch.manual_seed(1)
+        config = llama_config(
+            len(tokenizer), eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **SIZE
+        )
+        LlamaForCausalLM(config).save_pretrained(work / "teacher")
+        build_qwen2_audio(work / "student", seed=0, **SIZE)
     lines = []
     for i in range(n):
-        sf.write(work / f"clip{i}.wav", tone(1.0 + 0.1 * (i % 5), freq=180.0 + 20 * i, seed=i), 16_000)
+        seconds = 2.0 + 2.0 * (i % 5) / 4  # spoken queries of 2 to 4 s
+        sf.write(work / f"clip{i}.wav", tone(seconds, freq=180.0 + 20 * i, seed=i), 16_000)
         instruction = " ".join(WORDS[(i + j) % len(WORDS)] for j in range(6)) + " question"
         response = " ".join(WORDS[(3 * i + j) % len(WORDS)] for j in range(24))
         lines.append({"id": f"b{i}", "instruction": instruction, "response": response, "audio": f"clip{i}.wav"})
-    data = work / "data.jsonl"
-    data.write_text("".join(json.dumps(x) + "\n" for x in lines))
-    return str(teacher), str(student), str(data)
+    (work / "data.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
 
 
 def kd_config(mode: str, steps: int, batch: int):
@@ -73,7 +84,8 @@ def kd_config(mode: str, steps: int, batch: int):
         eval_fraction=0.0,
         checkpoint_every=10_000,
         mixed_precision="no",
-        teacher_mode="on_the_fly" if mode == "on_the_fly" else "cached",
+        teacher_mode="on_the_fly" if mode in ("on_the_fly", "teacher_on_the_fly") else "cached",
+        feature_mode="on_the_fly" if mode == "on_the_fly" else "cached",
         st_weight=0.0 if mode == "cached_tt" else 1.0,
     )
 
@@ -187,7 +199,8 @@ def spawn(mode: str, work: Path, steps: int, batch: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--pair", choices=("organism", "tiny"), default="organism")
+    parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--examples", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=2)
@@ -200,12 +213,12 @@ def main() -> None:
         print(json.dumps(figures))
         return
     work = Path(tempfile.mkdtemp(prefix="xkd-kd-bench-"))
-    build(work, args.examples)
+    build(work, args.examples, args.pair)
     results = {"prepare": spawn("prepare", work, args.steps, args.batch_size)}
     print("prepare", json.dumps(results["prepare"]), flush=True)
     # the modes interleaved, each ``repeats`` times; the fastest run of each counts (shared CPUs are noisy)
     for round_ in range(args.repeats):
-        for mode in ("cached", "on_the_fly", "cached_tt", "trl"):
+        for mode in ("cached", "on_the_fly", "teacher_on_the_fly", "cached_tt", "trl"):
             if round_ and "error" in results.get(mode, {}):
                 continue
             got = spawn(mode, work, args.steps, args.batch_size)
@@ -224,10 +237,16 @@ def main() -> None:
         "speedup_vs_on_the_fly": round(rate("cached") / rate("on_the_fly"), 2)
         if rate("cached") and rate("on_the_fly")
         else None,
+        "tokens_per_s_teacher_on_the_fly": rate("teacher_on_the_fly"),
+        "speedup_vs_teacher_on_the_fly": round(rate("cached") / rate("teacher_on_the_fly"), 2)
+        if rate("cached") and rate("teacher_on_the_fly")
+        else None,
         "peak_rss_mb_cached": results["cached"].get("peak_rss_mb"),
         "peak_rss_mb_on_the_fly": results["on_the_fly"].get("peak_rss_mb"),
+        "peak_rss_mb_teacher_on_the_fly": results["teacher_on_the_fly"].get("peak_rss_mb"),
         "teacher_cache_fill_s": (results["prepare"].get("teacher_cache") or {}).get("seconds"),
         "tokens_per_s_cached_tt_only": rate("cached_tt"),
+        "pair": args.pair,
         "steps": args.steps,
         "repeats": args.repeats,
         "batch_size": args.batch_size,

@@ -12,7 +12,7 @@ teacher, student, data, out = sys.argv[1:5]
 captured = {}
 import xkd_eval.distill.kd as kd  # noqa: E402
 
-original = kd.setup_kd_trainable
+original = kd.setup_trainable
 
 
 def capture(model, config):
@@ -20,7 +20,7 @@ def capture(model, config):
     return captured["model"]
 
 
-kd.setup_kd_trainable = capture
+kd.setup_trainable = capture
 config = KDConfig(
     targets="data",
     top_k=16,

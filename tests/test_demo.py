@@ -36,3 +36,50 @@ def test_demo_pipeline_on_tiny_models(tiny_text, tiny_slm, mcq_task, tmp_path, m
     before = [p.read_text() for p in results]
     demo.run_demo(tmp_path, distill=False)  # a rerun: everything comes from the caches
     assert [p.read_text() for p in results] == before
+
+
+def test_demo_distillation_stage_on_tiny_models(tiny_text, tiny_slm, mcq_task, tmp_path, monkeypatch):
+    """``make demo``'s remedy stage end to end: teacher targets, KD training, the student measured before and
+    after on the same items, and the before/after report; the unchanged models' answers are reused."""
+    import xkd_eval.builtin
+    import xkd_eval.organism
+    import xkd_eval.organism.trained
+
+    monkeypatch.setenv("XKD_EVAL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(xkd_eval.organism, "smollm2_hf_dir", lambda: tiny_text)
+    monkeypatch.setattr(xkd_eval.organism.trained, "organism_dir", lambda: tiny_slm)
+    monkeypatch.setattr(xkd_eval.builtin, "ensure_builtin_audio", lambda subset: None)
+    task = f"jsonl:{mcq_task}"
+    monkeypatch.setattr(demo, "MEASURE_TASKS", (task,))
+    monkeypatch.setattr(demo, "DISTILL_EVAL", (task,))
+    monkeypatch.setitem(NAMED_MODELS._entries, "organism-base", lambda **o: load_model(f"hf-text:{tiny_text}", **o))
+    monkeypatch.setitem(NAMED_MODELS._entries, "organism", lambda **o: load_model(f"qwen2-audio:{tiny_slm}", **o))
+    monkeypatch.setattr(demo, "MAX_NEW_TOKENS", 4)
+    data = tmp_path / "kd.jsonl"
+    rows = [
+        {"id": f"k{i}", "instruction": f"name a mammal number {i}", "audio": str(mcq_task.parent / f"audio/{i}.wav")}
+        for i in range(6)
+    ]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        f"teacher: organism-base\nstudent: organism\ndata: {data}\ntargets: teacher\nmax_new_tokens: 4\n"
+        "top_k: 8\ntrainable: projector+lora\nlora_rank: 2\nlora_alpha: 4\nbatch_size: 3\nmax_steps: 2\n"
+        "eval_fraction: 0.0\nmixed_precision: 'no'\nlearning_rate: 1.0e-3\n"
+    )
+    monkeypatch.setattr(demo, "DISTILL_RECIPE", recipe)
+
+    stages = demo.run_demo(tmp_path / "reports", distill=True)
+    assert list(stages)[-1] == "distil organism from organism-base, measure before/after"
+    out = tmp_path / "reports" / "distill"
+    before, after = (json.loads((out / run / "summary.json").read_text()) for run in ("before", "after"))
+    [task_before], [task_after] = before["tasks"], after["tasks"]
+    assert {"forgetting", "gap"} <= set(task_before) and {"forgetting", "gap"} <= set(task_after)
+    # the teacher's text arm is the same answers before and after (copied, not regenerated)
+    assert task_before["arms"]["base_text"] == task_after["arms"]["base_text"]
+    assert after["model"] == "organism-distilled"
+    training = json.loads((out / "training.json").read_text())
+    assert training["steps"] == 2 and training["teacher"] == "organism-base" and set(training["curves"]) >= {"tt_kd"}
+    report = (out / "report.md").read_text()
+    assert "forgetting" in report and "gap" in report
+    assert not (out / "before" / "shards").exists() and (tmp_path / "cache" / "demo-distill" / "student").is_dir()

@@ -49,11 +49,32 @@ def test_shrinkage_hand_worked(tmp_path):
     assert result["gap"]["before"] == pytest.approx(100 * (before_text.mean() - before_speech.mean()))
     assert result["n"] == n
 
-    (tmp_path / "training.json").write_text(
-        json.dumps(
-            {"teacher": "t", "student": "s", "log": [{"step": s, "tt_kd": 1 / s, "st_kd": 2 / s} for s in range(1, 9)]}
-        )
-    )
+    speech = result["speech_score"]
+    assert speech["change"] == pytest.approx(100 * (after_speech.mean() - before_speech.mean()))
+    assert speech["ci"][0] <= speech["change"] <= speech["ci"][1]
+    assert result["text_score"]["change"] == pytest.approx(100 * (after_text.mean() - before_text.mean()))
+
+    # training.json as distill() writes it: curves [[step, value]] per series, validation rows
+    steps = range(1, 9)
+    curves = {key: [[s, scale / s] for s in steps] for key, scale in (("loss", 3), ("tt_ce", 1), ("st_kd", 2))}
+    validation = [{"step": s, "val_loss": 3 / s, "val_tt_loss": 1 / s, "val_st_loss": 2 / s} for s in (4, 8)]
+    training = {"teacher": "t", "student": "s", "curves": curves, "validation": validation, "steps": 8}
+    (tmp_path / "training.json").write_text(json.dumps(training))
     report = write_distill_report(tmp_path).read_text()
-    assert "builtin/mcq" in report and "shrank by" in report
+    assert "builtin/mcq" in report and "shrank by" in report and "- steps: 8" in report
+    forgetting_way = "shrank" if forgetting["shrank_by"] > 0 else "grew"
+    assert f"`builtin/mcq` forgetting {forgetting_way} by {abs(forgetting['shrank_by']):.1f} points" in report
     assert (tmp_path / "training_curves.png").is_file() and (tmp_path / "shrinkage.json").is_file()
+
+
+def test_listening_retention_is_read_from_the_speech_arm(tmp_path):
+    n = 30
+    text = np.ones(n)
+    speech_before = np.r_[np.ones(20), np.zeros(10)]
+    speech_after = np.r_[np.ones(10), np.zeros(20)]  # a drop of 33 points: not held
+    for name, speech in (("before", speech_before), ("after", speech_after)):
+        table = run_table(text, speech).assign(task="builtin/listen")
+        write_run(tmp_path / name, table)
+    report = write_distill_report(tmp_path).read_text()
+    assert "Listening retention (`builtin/listen`, the student on speech): 66.7 → 33.3, change -33.3" in report
+    assert "did not hold" in report

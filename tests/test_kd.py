@@ -90,7 +90,14 @@ def test_config_validation_and_recipes():
     assert paper.learning_rate == 5e-6 and paper.epochs == 2 and paper.mixed_precision == "bf16"
 
 
-def test_a_different_vocabulary_is_refused_before_training(pair, data, tmp_path):
+def test_a_different_vocabulary_is_refused_before_any_model_loads(pair, data, tmp_path, monkeypatch):
+    import xkd_eval.distill.kd as kd
+
+    def boom(spec):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(kd, "load_teacher_model", boom)
+    monkeypatch.setattr(kd, "load_student_model", boom)
     other = build_text_model(tmp_path / "other", corpus=OTHER_CORPUS)
     with pytest.raises(XkdError, match="tokenizers disagree"):
         distill(
@@ -257,3 +264,51 @@ def test_kd_data_sources_split_and_organism_set(tmp_path, monkeypatch):
     train_a, held_a = split_examples(examples, 0.1, seed=3)
     train_b, held_b = split_examples(examples, 0.1, seed=3)
     assert held_a == held_b and len(held_a) == round(len(examples) * 0.1) and not set(train_a) & set(held_a)
+
+
+def test_encoder_on_the_fly_matches_cached_features(pair, data, tmp_path):
+    cached = run(pair, data, tmp_path / "c", cfg(max_steps=2))["curves"]["loss"]
+    live = run(pair, data, tmp_path / "l", cfg(max_steps=2, feature_mode="on_the_fly"))
+    assert "features_computed" not in live  # no cache was read or written
+    assert [round(v, 4) for _, v in cached] == [round(v, 4) for _, v in live["curves"]["loss"]]
+
+
+def test_cached_teacher_is_unloaded_before_the_student_loads(pair, data, tmp_path, monkeypatch):
+    import gc
+    import weakref
+
+    import xkd_eval.distill.kd as kd
+
+    teachers: list[weakref.ref] = []
+    resident_at_student_load: list[bool] = []
+    load_teacher_model, load_student_model = kd.load_teacher_model, kd.load_student_model
+
+    def teacher_spy(spec):
+        model = load_teacher_model(spec)
+        teachers.append(weakref.ref(model))
+        return model
+
+    def student_spy(spec):
+        gc.collect()
+        resident_at_student_load.append(teachers[-1]() is not None)
+        return load_student_model(spec)
+
+    monkeypatch.setattr(kd, "load_teacher_model", teacher_spy)
+    monkeypatch.setattr(kd, "load_student_model", student_spy)
+    run(pair, data, tmp_path / "c", cfg(max_steps=1))
+    run(pair, data, tmp_path / "l", cfg(max_steps=1, teacher_mode="on_the_fly"))
+    assert resident_at_student_load == [False, True]
+
+
+def test_an_unsupported_student_is_refused_before_any_model_loads(pair, data, tmp_path, monkeypatch):
+    from tiny_models_extra import build_qwen_omni
+
+    import xkd_eval.distill.kd as kd
+
+    def boom(spec):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(kd, "load_teacher_model", boom)
+    omni = build_qwen_omni(tmp_path / "omni", full=False)
+    with pytest.raises(XkdError, match="qwen2_5_omni_thinker model; the trainer supports Qwen2-Audio-style"):
+        run((pair[0], str(omni)), data, tmp_path / "out", cfg())

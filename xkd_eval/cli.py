@@ -204,13 +204,14 @@ def gap(
     judge_model: JudgeModelOpt = "gpt-4o-mini",
     diagnostics: DiagOpt = [],  # noqa: B006 - typer reads the default
     device: DeviceOpt = None,
+    lm_eval_include: LmEvalIncludeOpt = None,
 ) -> None:
     """The modality gap: the speech LLM on written vs spoken queries (with --base: all three arms)."""
     arms = (["base_text"] if base else []) + ["slm_text", "slm_speech"]
     _measure(
         model=model, base=base, tasks=task, arms=arms, out=out, limit=limit, data_dir=data_dir, mcq_mode=mcq_mode,
         batch_size=batch_size, max_new_tokens=max_new_tokens, compat=compat, judge_url=judge_url,
-        judge_model=judge_model, diagnostics=diagnostics, device=device,
+        judge_model=judge_model, diagnostics=diagnostics, device=device, lm_eval_include=lm_eval_include,
     )  # fmt: skip
 
 

@@ -53,7 +53,7 @@ def distill_stage(reports: Path, config) -> None:
     import shutil
 
     from xkd_eval.distill.pipeline import run_distillation
-    from xkd_eval.organism.parts import cache_root
+    from xkd_eval.organism.trained import DISTILLED_NAME, distilled_dir
     from xkd_eval.runner.store import slug
 
     out = reports / "distill"
@@ -68,8 +68,9 @@ def distill_stage(reports: Path, config) -> None:
 
     run_distillation(
         teacher=None, student=None, data=None, config=DISTILL_RECIPE, out=out, eval_tasks=DISTILL_EVAL,
-        eval_config=replace(config, limit=config.limit or DISTILL_LIMIT), train_dir=cache_root() / "demo-distill",
+        eval_config=replace(config, limit=config.limit or DISTILL_LIMIT), train_dir=distilled_dir(),
         overrides={"time_budget_s": DISTILL_TRAIN_BUDGET_S}, resume=True,  # a finished training is reused
+        distilled_name=DISTILLED_NAME,
     )  # fmt: skip
 
 

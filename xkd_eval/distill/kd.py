@@ -45,11 +45,14 @@ from xkd_eval.distill.losses import (
     response_labels,
     shared_vocab_logits,
 )
+from xkd_eval.distill.train import setup_trainable
 from xkd_eval.errors import XkdError
 
 SCOPES = ("projector", "lora", "projector+lora", "llm", "all")
 TARGETS = ("data", "teacher")
 TEACHER_MODES = ("cached", "on_the_fly")
+FEATURE_MODES = ("cached", "on_the_fly")
+STUDENT_TYPES = ("qwen2_audio",)  # audio_tower + multi_modal_projector + language_model, what the loss drives
 MIXED = ("auto", "no", "bf16", "fp16")
 
 
@@ -112,6 +115,9 @@ class KDConfig(RecipeConfig):
     # --- audio
     voices: list[str] | None = None  # TTS voices (None = xkd_eval.tts defaults)
     feature_window: str = "trim"
+    # "cached": the frozen encoder's outputs are computed once and kept on disk; "on_the_fly": the encoder
+    # runs on every step's clips (the naive way, for comparison)
+    feature_mode: str = "cached"
     encoder_batch_size: int = 8
     debug_inject_nan_step: int | None = None  # testing aid
 
@@ -133,6 +139,7 @@ class KDConfig(RecipeConfig):
         need(self.targets in TARGETS, f"targets must be one of {', '.join(TARGETS)}")
         need(self.top_k is None or self.top_k >= 1, "top_k must be >= 1 or null (full vocabulary)")
         need(self.teacher_mode in TEACHER_MODES, f"teacher_mode must be one of {', '.join(TEACHER_MODES)}")
+        need(self.feature_mode in FEATURE_MODES, f"feature_mode must be one of {', '.join(FEATURE_MODES)}")
         need(self.trainable in SCOPES, f"trainable must be one of {', '.join(SCOPES)}")
         need(self.lora_rank >= 1 and self.lora_alpha > 0, "lora_rank >= 1 and lora_alpha > 0")
         need(0 <= self.lora_dropout < 1, "lora_dropout must be in [0, 1)")
@@ -189,6 +196,7 @@ class KDItem:
     features: torch.Tensor | None
     teacher_prompt: list[int]
     teacher: TopK | torch.Tensor | None = None  # [R, k] / [R, V] (None: computed on the fly)
+    audio: Any = None  # the 16 kHz clip, when the encoder runs on the fly (features is None then)
 
     @property
     def length(self) -> int:
@@ -233,6 +241,7 @@ class KDBatch:
     features: list[torch.Tensor]
     teacher: TopK | torch.Tensor | None
     teacher_inputs: tuple[list[list[int]], list[list[int]]]
+    audio: list[Any] = field(default_factory=list)  # clips for the on-the-fly encoder
 
     @property
     def n_tokens(self) -> int:
@@ -246,9 +255,12 @@ def collate_kd(items: Sequence[KDItem], pad_id: int, channels: Sequence[str]) ->
         built["tt"] = _stack_rows([i.tt_prompt for i in items], responses, pad_id)
     if "st" in channels:
         built["st"] = _stack_rows([i.st_prompt for i in items], responses, pad_id)
-    features = [i.features for i in items] if "st" in channels else []
+    on_the_fly = "st" in channels and items[0].features is None
+    features = [i.features for i in items] if "st" in channels and not on_the_fly else []
+    audio = [i.audio for i in items] if on_the_fly else []
     teacher = _right_align_teacher([i.teacher for i in items]) if items[0].teacher is not None else None
-    return KDBatch([i.id for i in items], built, features, teacher, ([i.teacher_prompt for i in items], responses))
+    teacher_inputs = ([i.teacher_prompt for i in items], responses)
+    return KDBatch([i.id for i in items], built, features, teacher, teacher_inputs, audio)
 
 
 # ---------------------------------------------------------------------------------------------- the loss
@@ -258,11 +270,30 @@ class KDLoss(torch.nn.Module):
     """``Σ_channel weight·(CE_sum + λ·τ²·D_sum)`` over a batch's response tokens (sums; the loop divides
     by the token count). Returns ``(loss_sum, parts)`` with each channel's ``*_ce`` and ``*_kd`` sums."""
 
-    def __init__(self, model: Any, config: KDConfig, shared_size: int, teacher: Any = None, pad_id: int = 0):
+    def __init__(
+        self,
+        model: Any,
+        config: KDConfig,
+        shared_size: int,
+        teacher: Any = None,
+        pad_id: int = 0,
+        feature_extractor: Any = None,
+    ):
         super().__init__()
         self.model = model
         self.config, self.shared_size, self.pad_id = config, shared_size, pad_id
         self._teacher = [teacher]  # not a submodule: never trained, never wrapped
+        self.feature_extractor = feature_extractor  # for clips encoded on the fly
+
+    def audio_features(self, batch: KDBatch) -> list[torch.Tensor]:
+        if batch.features or not batch.audio:
+            return batch.features
+        from xkd_eval.distill.features import audio_tower, encode_mels, mel_features, unwrap
+
+        if self.feature_extractor is None:
+            raise XkdError("clips to encode on the fly but no feature extractor")
+        mels, frames = mel_features(self.feature_extractor, batch.audio)
+        return encode_mels(audio_tower(unwrap(self.model)), mels, frames, window=self.config.feature_window)
 
     def teacher_logits(self, batch: KDBatch) -> TopK | torch.Tensor:
         if batch.teacher is not None:
@@ -285,7 +316,10 @@ class KDLoss(torch.nn.Module):
         base = unwrap(self.model)
         ids, attention, resp = batch.channels[name]
         # T→T is text only: the audio tower and the projector are never touched
-        embeds = build_inputs_embeds(base, ids, batch.features) if name == "st" else base.get_input_embeddings()(ids)
+        if name == "st":
+            embeds = build_inputs_embeds(base, ids, self.audio_features(batch))
+        else:
+            embeds = base.get_input_embeddings()(ids)
         hidden = base.model.language_model(
             inputs_embeds=embeds, attention_mask=attention, use_cache=False
         ).last_hidden_state
@@ -357,60 +391,62 @@ def _local_folder(spec: str) -> Path | None:
     return None
 
 
-def load_teacher(spec: str) -> tuple[Any, Any]:
-    """(causal LM, tokenizer) of a teacher spec: a named model, a folder, or any ``load_model`` spec."""
+def model_source(spec: str) -> str:
+    """What ``from_pretrained`` reads for a model spec: a local folder (named models included) or the hub
+    id of ``ADAPTER:ID`` / a bare id."""
     folder = _local_folder(spec)
     if folder is not None:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        return str(folder)
+    from xkd_eval.models import resolve_adapter
 
-        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
-        return model.eval(), AutoTokenizer.from_pretrained(str(folder))
-    from xkd_eval.models import load_model
+    adapter, model_id = resolve_adapter(spec)
+    if adapter == "named":
+        raise XkdError(f"model {spec!r} has no folder that distillation can load; give a folder or a hub id")
+    return model_id
 
-    adapter = load_model(spec)
-    tokenizer = getattr(adapter, "tokenizer", None) or adapter.processor
-    return adapter.model.eval(), getattr(tokenizer, "tokenizer", tokenizer)
+
+def load_tokenizers(teacher: str, student: str) -> tuple[Any, Any, int]:
+    """(teacher tokenizer, student processor, size of the student's output vocabulary), no weights loaded."""
+    from transformers import AutoConfig, AutoProcessor, AutoTokenizer
+
+    t_tok = AutoTokenizer.from_pretrained(model_source(teacher))
+    source = model_source(student)
+    config = AutoConfig.from_pretrained(source)
+    if config.model_type not in STUDENT_TYPES:
+        raise XkdError(
+            f"student {student!r} is a {config.model_type} model; the trainer supports Qwen2-Audio-style students "
+            "(audio tower + projector + causal LLM, like the organism)"
+        )
+    processor = AutoProcessor.from_pretrained(source)
+    if getattr(processor, "tokenizer", None) is None or getattr(processor, "feature_extractor", None) is None:
+        raise XkdError(f"student {student!r} has no speech processor (tokenizer + feature extractor)")
+    return t_tok, processor, int(getattr(config, "text_config", config).vocab_size)
+
+
+def load_teacher_model(spec: str) -> Any:
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(model_source(spec), dtype=torch.float32).eval()
+
+
+def load_student_model(spec: str) -> Any:
+    from transformers import Qwen2AudioForConditionalGeneration
+
+    return Qwen2AudioForConditionalGeneration.from_pretrained(model_source(spec), dtype=torch.float32).eval()
+
+
+def load_teacher(spec: str) -> tuple[Any, Any]:
+    """(causal LM, tokenizer) of a teacher spec: a named model, a folder or a hub id."""
+    from transformers import AutoTokenizer
+
+    return load_teacher_model(spec), AutoTokenizer.from_pretrained(model_source(spec))
 
 
 def load_student(spec: str) -> tuple[Any, Any]:
     """(Qwen2-Audio-style model, processor) of a student spec."""
-    folder = _local_folder(spec)
-    if folder is not None:
-        from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
+    from transformers import AutoProcessor
 
-        model = Qwen2AudioForConditionalGeneration.from_pretrained(str(folder), dtype=torch.float32)
-        return model.eval(), AutoProcessor.from_pretrained(str(folder))
-    from xkd_eval.models import load_model
-
-    adapter = load_model(spec)
-    return adapter.model, adapter.processor
-
-
-def setup_kd_trainable(model: Any, config: KDConfig) -> Any:
-    """Freeze everything, then LoRA (peft) and/or the projector and/or the whole LLM per ``trainable``."""
-    from xkd_eval.distill.features import projector, unwrap
-    from xkd_eval.distill.train import lora_target_regex
-
-    model.requires_grad_(False)
-    if config.uses_lora:
-        from peft import LoraConfig, get_peft_model
-
-        lora = LoraConfig(
-            r=config.lora_rank,
-            lora_alpha=config.lora_alpha,
-            lora_dropout=config.lora_dropout,
-            target_modules=lora_target_regex(config.lora_targets, config.lora_layers),
-            bias="none",
-        )
-        torch.manual_seed(config.seed)
-        model = get_peft_model(model, lora)
-    if config.trains_projector:
-        projector(model).requires_grad_(True)
-    if config.trains_llm:
-        base = unwrap(model)
-        base.model.language_model.requires_grad_(True)
-        base.lm_head.requires_grad_(True)
-    return model
+    return load_student_model(spec), AutoProcessor.from_pretrained(model_source(spec))
 
 
 def _resolve_precision(value: str) -> str:
@@ -459,6 +495,8 @@ def distill(
         audio_token_id,
         compute_features,
         expand_audio_tokens,
+        mel_features,
+        num_audio_tokens,
     )
     from xkd_eval.distill.kd_data import load_kd_examples, split_examples, spoken_examples, teacher_prompt
     from xkd_eval.distill.kd_data import teacher_targets as make_targets
@@ -481,14 +519,12 @@ def distill(
     wall = time.perf_counter()
     figures: dict[str, Any] = {"teacher": teacher, "student": student, "data": str(data)}
 
-    # models and the vocabulary check come first: refuse before any work is spent
-    t_model, t_tok = load_teacher(teacher)
-    s_model, processor = load_student(student)
+    # tokenizers and the vocabulary check come first: refuse before any model is loaded or work is spent
+    t_tok, processor, student_vocab_size = load_tokenizers(teacher, student)
     s_tok = processor.tokenizer
-    shared = check_vocab_compatible(s_tok.get_vocab(), t_tok.get_vocab())
-    shared = min(
-        shared, t_model.get_output_embeddings().weight.shape[0], s_model.get_output_embeddings().weight.shape[0]
-    )
+    shared = min(check_vocab_compatible(s_tok.get_vocab(), t_tok.get_vocab()), student_vocab_size)
+    t_model = load_teacher_model(teacher)
+    shared = min(shared, t_model.get_output_embeddings().weight.shape[0])
     figures["shared_vocab"] = shared
     say(f"teacher {teacher}, student {student}: vocabularies compatible ({shared} shared ids)")
 
@@ -513,34 +549,11 @@ def distill(
     train_ex, eval_ex = split_examples(examples, config.eval_fraction, config.seed)
     figures |= {"examples_train": len(train_ex), "examples_eval": len(eval_ex)}
 
-    channels = list(config.channels)
-    features: dict[str, torch.Tensor] = {}
-    if "st" in channels:
-        started = time.perf_counter()
-        from xkd_eval.distill.data import load_example_audio
-
-        spoken = spoken_examples(train_ex + eval_ex, config.voices, progress=progress)
-        audios = load_example_audio(spoken)  # duck-typed: .audio and .id
-        stats = CacheStats()
-        feats = compute_features(
-            s_model,
-            processor.feature_extractor,
-            audios,
-            FeatureCache.for_model(s_model, processor.feature_extractor),
-            batch_size=config.encoder_batch_size,
-            window=config.feature_window,
-            progress=progress,
-            stats=stats,
-        )
-        features = {e.id: f for e, f in zip(spoken, feats, strict=True)}
-        figures |= {"features_computed": stats.computed, "features_reused": stats.reused}
-        figures["speech_seconds"] = round(time.perf_counter() - started, 1)
-
+    # the text side of every example: the response ids, the T→T prompt and the teacher's prompt
     eos = s_tok.eos_token or ""
     tt_cache: dict[str, list[int]] = {}
-    audio_token = getattr(processor, "audio_token", "<|AUDIO|>")
 
-    def tokenize(example) -> KDItem:
+    def tokenize_text(example) -> KDItem:
         response = s_tok(example.response + eos, add_special_tokens=False)["input_ids"][: config.max_response_tokens]
         tt_text = processor.apply_chat_template(
             [{"role": "user", "content": [{"type": "text", "text": example.instruction}]}],
@@ -548,20 +561,11 @@ def distill(
             add_generation_prompt=True,
         )
         tt = tt_cache.setdefault(tt_text, s_tok(tt_text)["input_ids"])
-        st = None
-        if "st" in channels:
-            from xkd_eval.models.base import SPEECH_INSTRUCTION
-
-            n_audio = features[example.id].shape[0]
-            st_text = expand_audio_tokens(render_prompt(processor, SPEECH_INSTRUCTION), [n_audio], audio_token)
-            st = s_tok(st_text)["input_ids"]
-            if sum(1 for t in st if t == audio_token_id(s_model)) != n_audio:
-                raise XkdError(f"example {example.id}: audio tokens and features disagree")
         tp = t_tok(teacher_prompt(t_tok, example.instruction))["input_ids"]
-        return KDItem(example.id, list(response), list(tt), st, features.get(example.id), list(tp))
+        return KDItem(example.id, list(response), list(tt), None, None, list(tp))
 
-    train_items = [tokenize(e) for e in train_ex]
-    eval_items = [tokenize(e) for e in eval_ex]
+    train_items = [tokenize_text(e) for e in train_ex]
+    eval_items = [tokenize_text(e) for e in eval_ex]
     t_pad = t_tok.pad_token_id if t_tok.pad_token_id is not None else t_tok.eos_token_id
     resident = None
     if config.teacher_mode == "cached":
@@ -580,18 +584,55 @@ def distill(
             item.teacher = value
         figures["teacher_cache"] = {**cache.stats, "seconds": round(time.perf_counter() - started, 1)}
         del t_model
-        gc.collect()  # the teacher is not resident while the student trains
+        gc.collect()  # unloaded before the student loads: the two are never resident together
     else:
         resident = t_model
+
+    s_model = load_student_model(student)
+    channels = list(config.channels)
+    if "st" in channels:
+        started = time.perf_counter()
+        from xkd_eval.distill.data import load_example_audio
+        from xkd_eval.models.base import SPEECH_INSTRUCTION
+
+        spoken = spoken_examples(train_ex + eval_ex, config.voices, progress=progress)
+        audios = load_example_audio(spoken)  # duck-typed: .audio and .id
+        if config.feature_mode == "cached":
+            stats = CacheStats()
+            feats = compute_features(
+                s_model,
+                processor.feature_extractor,
+                audios,
+                FeatureCache.for_model(s_model, processor.feature_extractor),
+                batch_size=config.encoder_batch_size,
+                window=config.feature_window,
+                progress=progress,
+                stats=stats,
+            )
+            counts = [f.shape[0] for f in feats]
+            figures |= {"features_computed": stats.computed, "features_reused": stats.reused}
+        else:
+            feats = [None] * len(audios)
+            counts = [num_audio_tokens(int(mel_features(processor.feature_extractor, [a])[1][0])) for a in audios]
+        figures["speech_seconds"] = round(time.perf_counter() - started, 1)
+        audio_token = getattr(processor, "audio_token", "<|AUDIO|>")
+        audio_id = audio_token_id(s_model)
+        for item, audio, feat, n_audio in zip(train_items + eval_items, audios, feats, counts, strict=True):
+            st_text = expand_audio_tokens(render_prompt(processor, SPEECH_INSTRUCTION), [n_audio], audio_token)
+            item.st_prompt = s_tok(st_text)["input_ids"]
+            if sum(1 for t in item.st_prompt if t == audio_id) != n_audio:
+                raise XkdError(f"example {item.id}: audio tokens and features disagree")
+            item.features = feat
+            item.audio = audio if feat is None else None
 
     import accelerate
 
     world = accelerate.PartialState().num_processes
     run = _run_config(config, len(train_items), world)
-    model = setup_kd_trainable(s_model, run)
+    model = setup_trainable(s_model, run)
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     pad_id = s_tok.pad_token_id if s_tok.pad_token_id is not None else 0
-    loss = KDLoss(model, run, shared, resident, t_pad)
+    loss = KDLoss(model, run, shared, resident, t_pad, feature_extractor=processor.feature_extractor)
     if resident is not None:
         loss._teacher = [resident]
     say(f"training {run.trainable} ({n_trainable:,} parameters), channels {run.channels}, {run.max_steps} steps")
@@ -655,4 +696,4 @@ def distill(
     return figures
 
 
-__all__ = ["KDBatch", "KDConfig", "KDItem", "KDLoss", "collate_kd", "distill", "load_kd_config", "setup_kd_trainable"]
+__all__ = ["KDBatch", "KDConfig", "KDItem", "KDLoss", "collate_kd", "distill", "load_kd_config"]

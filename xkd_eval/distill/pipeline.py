@@ -32,9 +32,12 @@ def run_distillation(
     eval_config: Any = None,
     train_dir: Path | None = None,
     overrides: dict[str, Any] | None = None,
+    distilled_name: str | None = None,
 ) -> dict[str, Any]:
     """``train_dir`` (default ``out/train``) takes the checkpoints and the merged student, which are
-    large; ``out`` keeps the measurements, ``training.json`` and the report."""
+    large; ``out`` keeps the measurements, ``training.json`` and the report. ``distilled_name``: a named
+    model that loads ``train_dir/student`` (the demo's ``organism-distilled``), measured under that name
+    instead of its folder's path."""
     from xkd_eval.distill.kd import distill, load_kd_config
     from xkd_eval.runner.measure import measure
 
@@ -52,7 +55,7 @@ def run_distillation(
     figures = distill(teacher, student, data, train_dir, kd_config, resume=resume)
     training = json.loads((train_dir / "training.json").read_text())
     atomic_write_text(out / "training.json", json.dumps(training | {"teacher": teacher, "student": student}, indent=2))
-    distilled = f"qwen2-audio:{(train_dir / 'student').resolve()}"
+    distilled = distilled_name or f"qwen2-audio:{(train_dir / 'student').resolve()}"
     if eval_tasks:
         measure(
             model=distilled,
@@ -60,7 +63,7 @@ def run_distillation(
             tasks=eval_tasks,
             arms=arms,
             config=eval_config.with_out(out / "after"),
-            model_options={"encoder_cache": True},
+            model_options=None if distilled_name else {"encoder_cache": True},
         )
         from xkd_eval.distill.report import write_distill_report
 

@@ -10,7 +10,9 @@ from typing import Any
 
 from xkd_eval.io import atomic_write_text
 
-NON_CURVES = {"step", "lr", "seconds", "tokens", "grad_norm", "epoch"}
+CHANNEL_NAMES = {"tt": "T→T", "st": "S→T"}
+CHANNEL_COLORS = {"tt": "tab:blue", "st": "tab:orange"}
+RETENTION_MARGIN = 5.0  # points: listening "held" unless the CI admits a drop larger than this
 
 
 def _per_item(run_dir: Path):
@@ -54,37 +56,92 @@ def shrinkage(before_dir: str | Path, after_dir: str | Path, *, seed: int = 0, n
                 "ci": [lo, hi],
                 "p_value": wilcoxon_p(delta_before, delta_after),
             }
-        if "slm_speech" in b and "slm_speech" in a and len(common):
-            entry["speech_score"] = {
-                "before": float(scale * b["slm_speech"].mean()),
-                "after": float(scale * a["slm_speech"].mean()),
+        # each of the student's arms on its own: "retained" when its score did not drop
+        for name, arm in (("text_score", "slm_text"), ("speech_score", "slm_speech")):
+            if arm not in b or arm not in a or not len(common):
+                continue
+            before_arm, after_arm = scale * b[arm].to_numpy(), scale * a[arm].to_numpy()
+            lo, hi = paired_bootstrap_ci(after_arm, before_arm, seed=seed, n_boot=n_boot)
+            entry[name] = {
+                "before": float(before_arm.mean()),
+                "after": float(after_arm.mean()),
+                "change": float(np.mean(after_arm - before_arm)),
+                "ci": [lo, hi],
+                "p_value": wilcoxon_p(after_arm, before_arm),
             }
         out[task] = entry
     return out
 
 
 def plot_training_curves(training: Mapping[str, Any], path: Path) -> Path | None:
-    """Loss curves per channel (every numeric series of the training log except bookkeeping)."""
+    """Left: the training loss per channel and part (CE, KD), per step; right: the held-out losses per
+    channel at each validation. Reads ``training.json`` as ``distill`` writes it (``curves``, ``validation``)."""
     from matplotlib.figure import Figure
 
-    log = training.get("log") or training.get("history") or []
+    curves = {k: v for k, v in (training.get("curves") or {}).items() if k != "loss" and v}
     validation = training.get("validation") or []
-    series = sorted({k for row in log for k, v in row.items() if k not in NON_CURVES and isinstance(v, int | float)})
-    if not series:
+    held_out = sorted({k for row in validation for k in row if k.startswith("val_") and k.endswith("_loss")})
+    if not curves and not held_out:
         return None
-    fig = Figure(figsize=(9, 4.5), dpi=120)
-    ax = fig.add_subplot(1, 1, 1)
-    for key in series:
-        points = [(row["step"], row[key]) for row in log if isinstance(row.get(key), int | float)]
-        ax.plot([p[0] for p in points], [p[1] for p in points], label=key, linewidth=1.2)
-    for key in sorted({k for row in validation for k in row if k not in NON_CURVES}):
+    fig = Figure(figsize=(11, 4.2), dpi=120)
+    train_ax, val_ax = fig.subplots(1, 2)
+    for key, points in sorted(curves.items()):
+        channel, part = key.split("_", 1)
+        style = "-" if part == "ce" else "--"
+        label = f"{CHANNEL_NAMES.get(channel, channel)} {part.upper()}"
+        color = CHANNEL_COLORS.get(channel)
+        train_ax.plot([p[0] for p in points], [p[1] for p in points], style, label=label, color=color, linewidth=1.1)
+    train_ax.set(xlabel="optimizer step", ylabel="loss per response token", title="Training loss per channel")
+    for key in held_out:
         points = [(row["step"], row[key]) for row in validation if isinstance(row.get(key), int | float)]
-        ax.plot([p[0] for p in points], [p[1] for p in points], "o--", label=f"held-out {key}", linewidth=1)
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("loss")
-    ax.set_title("Distillation: training loss per channel")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, ncols=2)
+        channel = key[len("val_") : -len("_loss")]
+        label = CHANNEL_NAMES.get(channel, channel) if key != "val_loss" else "total (weighted)"
+        color = CHANNEL_COLORS.get(channel, "0.4")
+        val_ax.plot([p[0] for p in points], [p[1] for p in points], "o-", label=label, color=color, linewidth=1.1)
+    val_ax.set(xlabel="optimizer step", ylabel="CE + λ·KD per response token", title="Held-out loss per channel")
+    for ax in (train_ax, val_ax):
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    return path
+
+
+def plot_arms(before: Mapping[str, Any], after: Mapping[str, Any], path: Path) -> Path | None:
+    """Per task, each arm's score before and after (grouped bars, 95% CI whiskers), from the two summaries."""
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    after_tasks = {t["task"]: t for t in after.get("tasks", [])}
+    tasks = [t for t in before.get("tasks", []) if t["task"] in after_tasks]
+    if not tasks:
+        return None
+    arms = ("base_text", "slm_text", "slm_speech")
+    fig = Figure(figsize=(4.2 * len(tasks), 4.2), dpi=120)
+    axes = np.atleast_1d(fig.subplots(1, len(tasks)))
+    for ax, task in zip(axes, tasks, strict=True):
+        x = np.arange(len(arms))
+        for offset, (label, summary, color) in zip(
+            (-0.2, 0.2), (("before", task, "tab:blue"), ("after", after_tasks[task["task"]], "tab:orange")), strict=True
+        ):
+            blocks = [summary.get("arms", {}).get(arm) or {} for arm in arms]
+            scores = np.array([b.get("score", np.nan) for b in blocks], dtype=float)
+            lows = np.array([(b.get("ci") or [np.nan, np.nan])[0] for b in blocks], dtype=float)
+            highs = np.array([(b.get("ci") or [np.nan, np.nan])[1] for b in blocks], dtype=float)
+            ax.bar(x + offset, scores, width=0.4, color=color, label=label)
+            ax.errorbar(x + offset, scores, yerr=[scores - lows, highs - scores], fmt="none", ecolor="k", capsize=3)
+            for xi, score, top in zip(x + offset, scores, highs, strict=True):
+                if not np.isnan(score):
+                    above = top if not np.isnan(top) else score  # above the whisker, where it stays legible
+                    ax.annotate(f"{score:.1f}", (xi, above), xytext=(0, 2), textcoords="offset points",
+                                ha="center", va="bottom", fontsize=7)  # fmt: skip
+        ax.set_xticks(x, ["teacher\non text", "student\non text", "student\non speech"])
+        unit = "%" if task.get("scale", "percent") == "percent" else task["scale"]
+        ax.set(title=task["task"], ylabel=f"score ({unit})")
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("Scores by arm before and after distillation, 95% bootstrap CIs")
     fig.tight_layout()
     fig.savefig(path)
     return path
@@ -98,40 +155,97 @@ def write_distill_report(out_dir: str | Path) -> Path:
     compare = compare_runs([out / "before", out / "after"], out / "compare")
     training = json.loads((out / "training.json").read_text()) if (out / "training.json").is_file() else {}
     curves = plot_training_curves(training, out / "training_curves.png") if training else None
+    summaries = [json.loads((out / run / "summary.json").read_text()) for run in ("before", "after")]
+    arm_plot = plot_arms(*summaries, out / "arms_before_after.png")
     shrank = shrinkage(out / "before", out / "after")
     atomic_write_text(out / "shrinkage.json", json.dumps(shrank, indent=2))
 
-    def ci(entry) -> str:
-        return f"[{entry['ci'][0]:+.1f}, {entry['ci'][1]:+.1f}]"
+    def moved(entry: Mapping[str, Any] | None, key: str) -> str:
+        if not entry:
+            return "—"
+        change = f"{entry[key]:+.1f} {ci(entry)}, p {entry['p_value']:.2g}"
+        return f"{entry['before']:+.1f} → {entry['after']:+.1f}; {change}"
 
     lines = [
         "# Cross-modal distillation: before and after",
         "",
-        f"Teacher `{training.get('teacher', '?')}`, student `{training.get('student', '?')}`. "
-        "Forgetting = base_text − slm_text, gap = slm_text − slm_speech (> 0 = worse); *shrank by* = "
-        "before − after over the same items, with a paired-bootstrap 95% CI and a Wilcoxon p.",
+        f"Teacher `{training.get('teacher', '?')}`, student `{training.get('student', '?')}`, the same items and "
+        "settings before and after. Forgetting = base_text − slm_text, gap = slm_text − slm_speech (> 0 = worse); "
+        "*shrank by* = before − after, *change* = after − before, each with a paired-bootstrap 95% CI over the "
+        "items and a Wilcoxon signed-rank p.",
         "",
-        "| task | n | forgetting before → after | shrank by [95% CI] | gap before → after | shrank by [95% CI] "
-        "| speech score before → after |",
-        "|---|---|---|---|---|---|---|",
+        "| task | n | forgetting: before → after; shrank by | gap: before → after; shrank by "
+        "| student on text: change | student on speech: change |",
+        "|---|---|---|---|---|---|",
     ]
     for task, entry in shrank.items():
-        f, g, s = entry.get("forgetting"), entry.get("gap"), entry.get("speech_score")
         cells = [
-            f"{f['before']:+.1f} → {f['after']:+.1f}" if f else "—",
-            f"{f['shrank_by']:+.1f} {ci(f)}, p {f['p_value']:.3g}" if f else "—",
-            f"{g['before']:+.1f} → {g['after']:+.1f}" if g else "—",
-            f"{g['shrank_by']:+.1f} {ci(g)}, p {g['p_value']:.3g}" if g else "—",
-            f"{s['before']:.1f} → {s['after']:.1f}" if s else "—",
+            moved(entry.get("forgetting"), "shrank_by"),
+            moved(entry.get("gap"), "shrank_by"),
+            moved(entry.get("text_score"), "change"),
+            moved(entry.get("speech_score"), "change"),
         ]
         lines.append(f"| `{task}` | {entry['n']} | " + " | ".join(cells) + " |")
-    lines += ["", f"Side by side, with every arm's CI: [compare/report.md]({compare.relative_to(out)})", ""]
+    lines += ["", "## Reading", "", *reading(shrank), ""]
+    if arm_plot:
+        lines += [f"![scores by arm before and after]({arm_plot.name})", ""]
+    lines += [f"Every arm before and after, with CIs: [{compare.name}]({compare.relative_to(out)})", ""]
     if curves:
         lines += ["## Training", "", f"![training curves]({curves.name})", ""]
-    for key in ("steps", "wall_time_s", "config"):
-        if key in training:
-            value = json.dumps(training[key]) if isinstance(training[key], dict) else training[key]
-            lines.append(f"- {key}: {value}")
+    facts = {
+        "steps": training.get("steps"),
+        "stopped by": training.get("stopped"),
+        "training time (s)": training.get("train_seconds"),
+        "examples (train / held out)": f"{training.get('examples_train')} / {training.get('examples_eval')}"
+        if "examples_train" in training
+        else None,
+        "response tokens trained": training.get("tokens_trained"),
+        "training loss first → last": f"{training['loss_first']:.3f} → {training['loss_last']:.3f}"
+        if training.get("loss_first") is not None and training.get("loss_last") is not None
+        else None,
+        "trainable parameters": f"{training['trainable_parameters']:,}" if "trainable_parameters" in training else None,
+    }
+    lines += [f"- {key}: {value}" for key, value in facts.items() if value is not None]
+    if training.get("config"):
+        config = training["config"]
+        shown = ", ".join(f"{k}={config[k]}" for k in RECIPE_KEYS if k in config)
+        lines += [f"- recipe: {shown}"]
     path = out / "report.md"
     atomic_write_text(path, "\n".join(lines) + "\n")
     return path
+
+
+RECIPE_KEYS = (
+    "data", "data_limit", "targets", "tt_weight", "st_weight", "lam", "temperature", "divergence", "top_k",
+    "trainable", "lora_rank", "learning_rate", "projector_learning_rate", "batch_size", "epochs", "max_steps",
+)  # fmt: skip
+
+
+def _excludes_zero(entry: Mapping[str, Any]) -> bool:
+    return entry["ci"][0] > 0 or entry["ci"][1] < 0
+
+
+def reading(shrank: Mapping[str, Any]) -> list[str]:
+    """One sentence per task and measure: which way it moved and whether its CI excludes no change."""
+    lines = []
+    for task, entry in shrank.items():
+        for name in ("forgetting", "gap"):
+            e = entry.get(name)
+            if not e:
+                continue
+            way = "shrank" if e["shrank_by"] > 0 else "grew"
+            sure = "the CI excludes no change" if _excludes_zero(e) else "the CI includes no change"
+            lines.append(f"- `{task}` {name} {way} by {abs(e['shrank_by']):.1f} points {ci(e)}: {sure}.")
+        speech = entry.get("speech_score")
+        if speech and "listen" in task:
+            held = "held" if speech["ci"][0] > -RETENTION_MARGIN else "did not hold"
+            lines.append(
+                f"- Listening retention (`{task}`, the student on speech): {speech['before']:.1f} → "
+                f"{speech['after']:.1f}, change {speech['change']:+.1f} {ci(speech)}: {held} "
+                f"(held = the CI's lower end above −{RETENTION_MARGIN:g} points)."
+            )
+    return lines
+
+
+def ci(entry: Mapping[str, Any]) -> str:
+    return f"[{entry['ci'][0]:+.1f}, {entry['ci'][1]:+.1f}]"

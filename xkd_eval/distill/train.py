@@ -206,9 +206,10 @@ def lora_target_regex(targets: Sequence[str], layers: Sequence[int] | None = Non
     return rf".*language_model\.layers\.{layer}\.(?:self_attn|mlp)\.(?:{names})"
 
 
-def setup_trainable(model: Any, config: AdaptConfig) -> Any:
-    """Freeze everything, then: LoRA adapters on the LLM's linear layers (peft) and/or the projector.
-    Returns the model to train (a ``PeftModel`` when LoRA is on)."""
+def setup_trainable(model: Any, config: Any) -> Any:
+    """Freeze everything, then: LoRA adapters on the LLM's linear layers (peft) and/or the projector and/or
+    the whole LLM, as ``config`` (an AdaptConfig or a KDConfig) says. Returns the model to train (a
+    ``PeftModel`` when LoRA is on)."""
     model.requires_grad_(False)
     if config.uses_lora:
         from peft import LoraConfig, get_peft_model
@@ -224,6 +225,10 @@ def setup_trainable(model: Any, config: AdaptConfig) -> Any:
         model = get_peft_model(model, lora)
     if config.trains_projector:
         projector(model).requires_grad_(True)
+    if getattr(config, "trains_llm", False):
+        base = unwrap(model)
+        base.model.language_model.requires_grad_(True)
+        base.lm_head.requires_grad_(True)
     return model
 
 

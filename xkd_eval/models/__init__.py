@@ -36,6 +36,7 @@ MODEL_TYPES: dict[str, str] = {
 NAMED_MODELS: Registry[Any] = Registry("model")
 NAMED_MODELS.add("organism-base", "xkd_eval.organism:load_organism_base")
 NAMED_MODELS.add("organism", "xkd_eval.organism.trained:load_organism")
+NAMED_MODELS.add("organism-distilled", "xkd_eval.organism.trained:load_organism_distilled")
 
 
 def adapter_class(name: str) -> type[ModelAdapter]:

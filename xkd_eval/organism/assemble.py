@@ -18,12 +18,11 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import time
 from pathlib import Path
 from typing import Any
 
-from xkd_eval.organism.convert import ConversionError, _finish, _temp_dir, is_complete
+from xkd_eval.organism.convert import ConversionError, is_complete, publishing
 from xkd_eval.organism.parts import COMPLETE_MARKER
 
 AUDIO_BOS, AUDIO_TOKEN, AUDIO_EOS = "<|audio_bos|>", "<|AUDIO|>", "<|audio_eos|>"
@@ -213,21 +212,11 @@ def assemble_speech_llm(whisper_dir: str | Path, llm_dir: str | Path, out_dir: s
         raise ConversionError(f"{llm_dir} holds a {llm.config.model_type!r} model; the organism expects llama")
     tokenizer = AutoTokenizer.from_pretrained(llm_dir)
     model, processor = build_speech_llm(whisper, llm, tokenizer, feature_extractor, seed=seed)
-    tmp = _temp_dir(out_dir)
-    try:
+    with publishing(
+        out_dir, "speech-llm", started=started, whisper=str(whisper_dir), llm=str(llm_dir), seed=seed
+    ) as tmp:
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
-        _finish(
-            tmp,
-            out_dir,
-            "speech-llm",
-            whisper=str(whisper_dir),
-            llm=str(llm_dir),
-            seed=seed,
-            seconds=round(time.perf_counter() - started, 1),
-        )
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
 
 

@@ -36,6 +36,8 @@ import shutil
 import struct
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,6 +77,21 @@ def _finish(tmp: Path, out_dir: Path, kind: str, **info: Any) -> None:
 def _temp_dir(out_dir: Path) -> Path:
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+
+
+@contextmanager
+def publishing(out_dir: Path, kind: str, *, started: float | None = None, **info: Any) -> Iterator[Path]:
+    """A temporary folder beside ``out_dir`` to write into. When the block ends without error the folder
+    gets the completion marker (``kind``, ``info`` and the seconds since ``started``) and is renamed into
+    place; otherwise it is removed. A crash never leaves a half-written ``out_dir``."""
+    tmp = _temp_dir(out_dir)
+    try:
+        yield tmp
+        if started is not None:
+            info["seconds"] = round(time.perf_counter() - started, 1)
+        _finish(tmp, out_dir, kind, **info)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------------- GGUF llama
@@ -122,22 +139,12 @@ def convert_gguf_llama(gguf_path: str | Path, out_dir: str | Path) -> Path:
             setattr(fresh.generation_config, key, value)
     del loaded, source
 
-    tmp = _temp_dir(out_dir)
-    try:
+    source = {"source": str(gguf_path), "source_size": gguf_path.stat().st_size}
+    with publishing(out_dir, "gguf-llama", started=started, **source) as tmp:
         fresh.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         if tokenizer.chat_template and not any(tmp.glob("chat_template.*")):
             (tmp / "chat_template.jinja").write_text(tokenizer.chat_template)
-        _finish(
-            tmp,
-            out_dir,
-            "gguf-llama",
-            source=str(gguf_path),
-            source_size=gguf_path.stat().st_size,
-            seconds=round(time.perf_counter() - started, 1),
-        )
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
 
 
@@ -473,20 +480,9 @@ def convert_ct2_whisper(ct2_dir: str | Path, out_dir: str | Path) -> Path:
     processor = WhisperProcessor(
         feature_extractor=WhisperFeatureExtractor(feature_size=shape_config["num_mel_bins"]), tokenizer=tokenizer
     )
-    tmp = _temp_dir(out_dir)
-    try:
+    source = {"source": str(model_file), "source_size": model_file.stat().st_size}
+    versions = {"ct2_binary_version": ct2.binary_version, "ct2_spec_revision": ct2.revision}
+    with publishing(out_dir, "ct2-whisper", started=started, **source, **versions) as tmp:
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
-        _finish(
-            tmp,
-            out_dir,
-            "ct2-whisper",
-            source=str(model_file),
-            source_size=model_file.stat().st_size,
-            ct2_binary_version=ct2.binary_version,
-            ct2_spec_revision=ct2.revision,
-            seconds=round(time.perf_counter() - started, 1),
-        )
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out_dir

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -56,7 +55,7 @@ def merge_adapter(base_dir: str | Path, adapter_dir: str | Path, out_dir: str | 
     from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
 
     from xkd_eval.distill.train import apply_adapter
-    from xkd_eval.organism.convert import _finish, _temp_dir, is_complete
+    from xkd_eval.organism.convert import is_complete, publishing
 
     base_dir, adapter_dir, out_dir = Path(base_dir), Path(adapter_dir), Path(out_dir)
     if is_complete(out_dir, "organism"):
@@ -65,21 +64,10 @@ def merge_adapter(base_dir: str | Path, adapter_dir: str | Path, out_dir: str | 
     model = Qwen2AudioForConditionalGeneration.from_pretrained(str(base_dir), dtype="float32")
     processor = AutoProcessor.from_pretrained(str(base_dir))
     model = apply_adapter(model, adapter_dir).eval()
-    tmp = _temp_dir(out_dir)
-    try:
+    source = {"base": str(base_dir), "adapter": str(adapter_dir), "adapter_sha256": adapter_hash(adapter_dir)}
+    with publishing(out_dir, "organism", started=started, **source) as tmp:
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
-        _finish(
-            tmp,
-            out_dir,
-            "organism",
-            base=str(base_dir),
-            adapter=str(adapter_dir),
-            adapter_sha256=adapter_hash(adapter_dir),
-            seconds=round(time.perf_counter() - started, 1),
-        )
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
 
 
@@ -98,9 +86,52 @@ def organism_dir(adapter_dir: str | Path = ADAPTER_DIR) -> Path:
 class OrganismAdapter(Qwen2AudioAdapter):
     """The trained organism, named ``organism`` (its revision: the adapter's sha256)."""
 
+    name = ORGANISM_NAME
+
     @property
     def spec(self) -> str:
-        return ORGANISM_NAME
+        return self.name
+
+
+DISTILLED_NAME = "organism-distilled"
+
+
+def distilled_dir() -> Path:
+    """Where ``xkd-eval demo --distill`` trains: checkpoints, ``adapter/`` and the merged ``student/``."""
+    from xkd_eval.organism.parts import cache_root
+
+    return cache_root() / "demo-distill"
+
+
+class DistilledOrganismAdapter(OrganismAdapter):
+    """The organism after the demo's distillation, named ``organism-distilled`` (revision: its adapter's sha256)."""
+
+    name = DISTILLED_NAME
+
+
+def load_organism_distilled(
+    *, device: str | None = None, dtype: str | None = None, **options: Any
+) -> DistilledOrganismAdapter:
+    """The ``organism-distilled`` named model: the demo's distilled student, named by its adapter's hash
+    so its results do not depend on where the cache lives."""
+    from xkd_eval.models.hf import pick_device
+
+    folder = distilled_dir()
+    if not ((folder / "training.json").is_file() and (folder / "student" / "config.json").is_file()):
+        raise XkdError(
+            f"no distilled organism in {folder}; `xkd-eval demo --distill` makes it "
+            "(distil organism from organism-base with distill/organism.yaml)"
+        )
+    device = pick_device(device)
+    model, processor = Qwen2AudioAdapter.load(str(folder / "student"), revision=None, device=device, dtype=dtype)
+    digest = hashlib.sha256()
+    for path in sorted((folder / "adapter").glob("*")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    revision = f"organism-distilled adapter sha256:{digest.hexdigest()}"
+    options.setdefault("encoder_cache", True)
+    return DistilledOrganismAdapter(
+        DISTILLED_NAME, revision=revision, device=device, model=model, processor=processor, **options
+    )
 
 
 def load_organism(*, device: str | None = None, dtype: str | None = None, **options: Any) -> Qwen2AudioAdapter:
@@ -118,6 +149,7 @@ def load_organism(*, device: str | None = None, dtype: str | None = None, **opti
 
 __all__ = [
     "ADAPTER_DIR",
+    "DISTILLED_NAME",
     "ORGANISM_NAME",
     "OrganismAdapter",
     "adapter_hash",

@@ -70,7 +70,7 @@ def plot_scores(tasks: Sequence[Mapping[str, Any]], path: Path) -> Path:
         else:
             ax.set_ylim(1, 5.4)
             ax.set_yticks(range(1, 6))
-        ax.set_title(f"Scores by arm ({'binary scorers' if scale == 'percent' else 'judge-rated tasks'})")
+        ax.set_title(f"Scores by arm ({'tasks scored in percent' if scale == 'percent' else 'judge-rated tasks, 1-5'})")
     _legend(fig, axes)
     fig.suptitle("Score per task and arm, with 95% bootstrap CIs", fontweight="bold")
     return _save(fig, path)
@@ -101,7 +101,7 @@ def plot_deltas(tasks: Sequence[Mapping[str, Any]], path: Path) -> Path | None:
         ax.margins(y=0.15)
         ax.axhline(0.0, color="black", linewidth=0.9)
         ax.set_ylabel(delta_label(scale))
-        ax.set_title(f"Forgetting and modality gap ({'binary scorers' if scale == 'percent' else 'judge-rated'})")
+        ax.set_title(f"Forgetting and modality gap ({'points' if scale == 'percent' else 'judge scale, 1-5'})")
     _legend(fig, axes)
     fig.suptitle("What the speech LLM loses, per task, with 95% bootstrap CIs", fontweight="bold")
     return _save(fig, path)

@@ -173,7 +173,16 @@ def write_outputs(rows, runs, *, model, base, config: RunConfig, timings, diagno
 
     out = Path(config.out_dir)
     t0 = time.perf_counter()
-    table = pd.DataFrame(rows)
+    # one canonical row order (tasks, then each task's items, then arms) whatever the cache served first:
+    # the bootstrap resamples rows, so the same results must give the same CIs and the same files
+    position = {(run.spec.name, item.id): (t, i) for t, run in enumerate(runs) for i, item in enumerate(run.items)}
+    arm_order = {arm: i for i, arm in enumerate(ARMS)}
+
+    def canonical(row) -> tuple:
+        where = position.get((row["task"], row["item_id"]), (len(runs), 0))
+        return (*where, str(row["task"]), str(row["item_id"]), arm_order.get(row["arm"], len(ARMS)))
+
+    table = pd.DataFrame(sorted(rows, key=canonical))
     breakdowns = {run.spec.name: list(run.breakdowns) for run in runs}
     summary = build_summary(table, model=model, base=base, breakdowns=breakdowns)
     summary["settings"] = {

@@ -73,8 +73,12 @@ def test_listening_retention_is_read_from_the_speech_arm(tmp_path):
     speech_before = np.r_[np.ones(20), np.zeros(10)]
     speech_after = np.r_[np.ones(10), np.zeros(20)]  # a drop of 33 points: not held
     for name, speech in (("before", speech_before), ("after", speech_after)):
-        table = run_table(text, speech).assign(task="builtin/listen")
+        table = run_table(text, speech).assign(task="builtin/listen", mcq_mode=None)
+        table["response"] = [f"{name} answer {i} | {arm}" for i, arm in enumerate(table["arm"])]
         write_run(tmp_path / name, table)
     report = write_distill_report(tmp_path).read_text()
+    # the student's answers side by side (a pipe in an answer must not break the table)
+    row = "| `builtin/listen` | q0 | slm_speech | before answer 60 \\| slm_speech | after answer 60 \\| slm_speech |"
+    assert row in report
     assert "Listening retention (`builtin/listen`, the student on speech): 66.7 → 33.3, change -33.3" in report
     assert "did not hold" in report

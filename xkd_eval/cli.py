@@ -328,8 +328,8 @@ def demo(
     reports: Annotated[Path, typer.Option(help="Where the reference reports are written.")] = Path("reports"),
     limit: LimitOpt = None,
     distill: Annotated[
-        bool, typer.Option(help="Also distil organism from organism-base into reports/distill (not yet validated).")
-    ] = False,
+        bool, typer.Option(help="Then distil organism from organism-base and measure before/after (reports/distill).")
+    ] = True,
 ) -> None:
     """The whole story on the embedded default, offline on a CPU (what `make demo` runs)."""
     from xkd_eval.demo import run_demo

@@ -189,6 +189,7 @@ def write_distill_report(out_dir: str | Path) -> Path:
     lines += ["", "## Reading", "", *reading(shrank), ""]
     if arm_plot:
         lines += [f"![scores by arm before and after]({arm_plot.name})", ""]
+    lines += example_answers(out / "before", out / "after")
     lines += [f"Every arm before and after, with CIs: [{compare.name}]({compare.relative_to(out)})", ""]
     if curves:
         lines += ["## Training", "", f"![training curves]({curves.name})", ""]
@@ -213,6 +214,34 @@ def write_distill_report(out_dir: str | Path) -> Path:
     path = out / "report.md"
     atomic_write_text(path, "\n".join(lines) + "\n")
     return path
+
+
+def example_answers(before_dir: Path, after_dir: Path, *, per_task: int = 2, width: int = 110) -> list[str]:
+    """The student's first answers per task and arm, before → after: what the scores summarise."""
+    import pandas as pd
+
+    before, after = (pd.read_parquet(d / "items.parquet") for d in (before_dir, after_dir))
+    keys = ["task", "item_id", "arm"]
+    joined = before.merge(after, on=keys, suffixes=("_before", "_after"))
+    joined = joined[joined["arm"].isin(["slm_text", "slm_speech"]) & joined["mcq_mode_before"].ne("cloze")]
+    if joined.empty:
+        return []
+
+    def cell(text) -> str:
+        text = " ".join(str(text if text is not None else "—").split())
+        text = text if len(text) <= width else text[: width - 1] + "…"
+        return text.replace("|", "\\|")
+
+    lines = ["## Example answers of the student, before → after", "", "| task | item | arm | before | after |"]
+    lines.append("|---|---|---|---|---|")
+    for task, rows in joined.groupby("task", sort=False):
+        ids = list(dict.fromkeys(rows["item_id"]))[:per_task]
+        for _, row in rows[rows["item_id"].isin(ids)].iterrows():
+            lines.append(
+                f"| `{task}` | {row['item_id']} | {row['arm']} | {cell(row['response_before'])} "
+                f"| {cell(row['response_after'])} |"
+            )
+    return [*lines, ""]
 
 
 RECIPE_KEYS = (

@@ -62,8 +62,8 @@ def test_shrinkage_hand_worked(tmp_path):
     (tmp_path / "training.json").write_text(json.dumps(training))
     report = write_distill_report(tmp_path).read_text()
     assert "builtin/mcq" in report and "shrank by" in report and "- steps: 8" in report
-    forgetting_way = "shrank" if forgetting["shrank_by"] > 0 else "grew"
-    assert f"`builtin/mcq` forgetting {forgetting_way} by {abs(forgetting['shrank_by']):.1f} points" in report
+    assert forgetting["shrank_by"] > 0  # the hand-made data repairs some forgetting
+    assert f"`builtin/mcq` forgetting shrank by {forgetting['shrank_by']:.1f} points" in report
     assert (tmp_path / "training_curves.png").is_file() and (tmp_path / "shrinkage.json").is_file()
 
 

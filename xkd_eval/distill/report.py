@@ -262,8 +262,11 @@ def reading(shrank: Mapping[str, Any]) -> list[str]:
             e = entry.get(name)
             if not e:
                 continue
-            way = "shrank" if e["shrank_by"] > 0 else "grew"
             sure = "the CI excludes no change" if _excludes_zero(e) else "the CI includes no change"
+            if round(e["shrank_by"], 1) == 0:
+                lines.append(f"- `{task}` {name} did not move ({e['shrank_by']:+.1f} points {ci(e)}): {sure}.")
+                continue
+            way = "shrank" if e["shrank_by"] > 0 else "grew"
             lines.append(f"- `{task}` {name} {way} by {abs(e['shrank_by']):.1f} points {ci(e)}: {sure}.")
         speech = entry.get("speech_score")
         if speech and "listen" in task:

@@ -312,3 +312,19 @@ def test_an_unsupported_student_is_refused_before_any_model_loads(pair, data, tm
     omni = build_qwen_omni(tmp_path / "omni", full=False)
     with pytest.raises(XkdError, match="qwen2_5_omni_thinker model; the trainer supports Qwen2-Audio-style"):
         run((pair[0], str(omni)), data, tmp_path / "out", cfg())
+
+
+@pytest.mark.parametrize("reader", ["kd", "adaptation"])
+def test_a_bad_training_data_line_is_named_before_any_work(reader, tmp_path):
+    from xkd_eval.distill.data import read_examples_jsonl
+    from xkd_eval.distill.kd_data import read_kd_jsonl
+
+    read = {"kd": read_kd_jsonl, "adaptation": read_examples_jsonl}[reader]
+    good = {"instruction": "say hi", "spoken_text": "say hi", "response": "hi", "audio": "clips/a.wav"}
+    path = tmp_path / "data.jsonl"
+    path.write_text(json.dumps(good) + "\n\n" + '{"instruction": "broken\n')
+    with pytest.raises(XkdError, match=r"data.jsonl:3: not valid JSON .*; fix or remove that line"):
+        read(path)
+    path.write_text(json.dumps(good) + "\n")
+    [example] = read(path)
+    assert example.audio == str(tmp_path / "clips" / "a.wav")  # relative to the file

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -24,3 +27,13 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def jsonl_text(records: Iterable[Any]) -> str:
+    """One JSON object a line (UTF-8 kept as is), each line ending in a newline."""
+    return "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
+
+
+def atomic_write_jsonl(path: str | os.PathLike, records: Iterable[Any]) -> Path:
+    atomic_write_text(path, jsonl_text(records))
+    return Path(path)

@@ -456,44 +456,32 @@ def read_examples_jsonl(path: str | os.PathLike) -> list[SpokenExample]:
     """User adaptation data: one JSON object a line with ``instruction``, ``spoken_text``, ``response``
     and optionally ``id`` (default: a content hash) and ``audio`` (a path, relative to the file; when
     absent, the spoken text is synthesised)."""
+    from xkd_eval.tasks.jsonl import read_whole_jsonl, resolve_path
+
     path = Path(path).expanduser()
-    if not path.is_file():
-        raise DataFormatError(f"adaptation data file {path} does not exist")
     examples: list[SpokenExample] = []
     ids: set[str] = set()
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except ValueError as exc:
-                raise DataFormatError(f"{path}:{number}: not JSON: {exc}") from exc
-            if not isinstance(record, dict):
-                raise DataFormatError(f"{path}:{number}: expected a JSON object")
-            missing = [k for k in ("instruction", "spoken_text", "response") if not str(record.get(k) or "").strip()]
-            if missing and not (missing == ["spoken_text"] and record.get("audio")):
-                raise DataFormatError(f"{path}:{number}: missing {', '.join(missing)}")
-            instruction, spoken = str(record["instruction"]), str(record.get("spoken_text") or "")
-            example_id_ = str(record.get("id") or example_id("user", instruction, spoken))
-            if example_id_ in ids:
-                raise DataFormatError(f"{path}:{number}: duplicate id {example_id_!r}")
-            ids.add(example_id_)
-            audio = record.get("audio")
-            if audio is not None:
-                audio_path = Path(str(audio)).expanduser()
-                audio = str(audio_path if audio_path.is_absolute() else path.parent / audio_path)
-            examples.append(
-                SpokenExample(
-                    example_id_,
-                    instruction,
-                    spoken,
-                    str(record["response"]),
-                    audio=audio,
-                    task=str(record.get("task") or "user"),
-                    voice=record.get("voice"),
-                )
+    for number, record in read_whole_jsonl(path):
+        missing = [k for k in ("instruction", "spoken_text", "response") if not str(record.get(k) or "").strip()]
+        if missing and not (missing == ["spoken_text"] and record.get("audio")):
+            raise DataFormatError(f"{path}:{number}: missing {', '.join(missing)}")
+        instruction, spoken = str(record["instruction"]), str(record.get("spoken_text") or "")
+        example_id_ = str(record.get("id") or example_id("user", instruction, spoken))
+        if example_id_ in ids:
+            raise DataFormatError(f"{path}:{number}: duplicate id {example_id_!r}")
+        ids.add(example_id_)
+        audio = resolve_path(record["audio"], path.parent) if record.get("audio") is not None else None
+        examples.append(
+            SpokenExample(
+                example_id_,
+                instruction,
+                spoken,
+                str(record["response"]),
+                audio=audio,
+                task=str(record.get("task") or "user"),
+                voice=record.get("voice"),
             )
+        )
     if not examples:
         raise DataFormatError(f"{path} holds no examples")
     return examples
@@ -501,11 +489,9 @@ def read_examples_jsonl(path: str | os.PathLike) -> list[SpokenExample]:
 
 def write_examples_jsonl(examples: Iterable[SpokenExample], path: str | os.PathLike) -> Path:
     """The examples as JSONL (audio paths as given), written atomically."""
-    from xkd_eval.io import atomic_write_text
+    from xkd_eval.io import atomic_write_jsonl
 
-    path = Path(path)
-    atomic_write_text(path, "".join(json.dumps(e.record(), ensure_ascii=False) + "\n" for e in examples))
-    return path
+    return atomic_write_jsonl(path, (e.record() for e in examples))
 
 
 __all__ = [

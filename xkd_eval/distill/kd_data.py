@@ -64,29 +64,20 @@ def _not_builtin(examples: list[KDExample]) -> tuple[list[KDExample], int]:
 
 
 def read_kd_jsonl(path: str | os.PathLike) -> list[KDExample]:
+    from xkd_eval.tasks.jsonl import read_whole_jsonl, resolve_path
+
     path = Path(path).expanduser()
-    if not path.is_file():
-        raise XkdError(f"KD data file {path} does not exist")
     out: list[KDExample] = []
     seen: set[str] = set()
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except ValueError as exc:
-            raise XkdError(f"{path}:{number}: not JSON: {exc}") from exc
-        if not isinstance(record, dict) or not str(record.get("instruction") or "").strip():
+    for number, record in read_whole_jsonl(path):
+        if not str(record.get("instruction") or "").strip():
             raise XkdError(f"{path}:{number}: expected an object with a non-empty 'instruction'")
         instruction = str(record["instruction"]).strip()
         uid = str(record.get("id") or kd_id(instruction))
         if uid in seen:
             raise XkdError(f"{path}:{number}: duplicate id {uid!r}")
         seen.add(uid)
-        audio = record.get("audio")
-        if audio is not None:
-            audio_path = Path(str(audio)).expanduser()
-            audio = str(audio_path if audio_path.is_absolute() else path.parent / audio_path)
+        audio = resolve_path(record["audio"], path.parent) if record.get("audio") is not None else None
         response = record.get("response")
         out.append(
             KDExample(
@@ -312,12 +303,10 @@ def organism_kd_instructions() -> list[str]:
 
 def write_organism_kd_data(path: str | os.PathLike = "distill/organism-kd.jsonl") -> Path:
     """Write the organism's default KD data (instructions only: the targets come from the teacher)."""
-    from xkd_eval.io import atomic_write_text
+    from xkd_eval.io import atomic_write_jsonl
 
     examples, _ = _not_builtin([KDExample(kd_id(s), s) for s in organism_kd_instructions()])
-    path = Path(path)
-    atomic_write_text(path, "".join(json.dumps(e.record(), ensure_ascii=False) + "\n" for e in examples))
-    return path
+    return atomic_write_jsonl(path, (e.record() for e in examples))
 
 
 __all__ = [

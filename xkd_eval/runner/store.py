@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from xkd_eval.io import atomic_write_text
+from xkd_eval.io import atomic_write_text, jsonl_text
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ class ResultStore:
         records = [r for r in records if r["key"] not in self._records]
         if not records:
             return
-        payload = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+        payload = jsonl_text(records)
         with self.path.open("a", encoding="utf-8") as handle:
             handle.write(payload)
             handle.flush()

@@ -39,6 +39,21 @@ def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any] | None, str | N
             yield number, record, None
 
 
+def read_whole_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, record) of each non-blank line of a file that must be whole (training data): the
+    first bad line raises, naming the file and the line."""
+    for number, record, error in read_jsonl(path):
+        if error is not None:
+            raise DataFormatError(f"{path}:{number}: {error}; fix or remove that line")
+        yield number, record
+
+
+def resolve_path(value: Any, base_dir: Path | None) -> str:
+    """A path from a record: ``~`` expanded, relative ones taken from ``base_dir`` (the file's folder)."""
+    path = Path(str(value)).expanduser()
+    return str(base_dir / path if base_dir is not None and not path.is_absolute() else path)
+
+
 def references_of(value: Any) -> tuple[str, ...]:
     if value is None:
         return ()
@@ -55,12 +70,7 @@ def item_from_record(record: dict[str, Any], *, task: str, base_dir: Path | None
     choices = record.get("choices") or ()
     if not isinstance(choices, list | tuple):
         raise ValueError("'choices' must be a list of strings")
-    audio = None
-    if record.get("audio"):
-        audio_path = Path(str(record["audio"]))
-        if base_dir is not None and not audio_path.is_absolute():
-            audio_path = base_dir / audio_path
-        audio = AudioRef(path=str(audio_path))
+    audio = AudioRef(path=resolve_path(record["audio"], base_dir)) if record.get("audio") else None
     return Item(
         id=str(record.get("id", fallback_id)),
         task=task,

@@ -376,14 +376,11 @@ def validation_losses(loss: KDLoss, items: Sequence[KDItem], batch_size: int, pa
 
 
 def _local_folder(spec: str) -> Path | None:
-    if spec == "organism":
-        from xkd_eval.organism.trained import organism_dir
+    from xkd_eval.organism import named_model_dir
 
-        return organism_dir()
-    if spec == "organism-base":
-        from xkd_eval.organism import smollm2_hf_dir
-
-        return smollm2_hf_dir()
+    named = named_model_dir(spec)
+    if named is not None:
+        return named
     head, sep, rest = spec.partition(":")
     for candidate in (rest if sep else None, spec):
         if candidate and Path(candidate).expanduser().is_dir():
@@ -433,20 +430,6 @@ def load_student_model(spec: str) -> Any:
     from transformers import Qwen2AudioForConditionalGeneration
 
     return Qwen2AudioForConditionalGeneration.from_pretrained(model_source(spec), dtype=torch.float32).eval()
-
-
-def load_teacher(spec: str) -> tuple[Any, Any]:
-    """(causal LM, tokenizer) of a teacher spec: a named model, a folder or a hub id."""
-    from transformers import AutoTokenizer
-
-    return load_teacher_model(spec), AutoTokenizer.from_pretrained(model_source(spec))
-
-
-def load_student(spec: str) -> tuple[Any, Any]:
-    """(Qwen2-Audio-style model, processor) of a student spec."""
-    from transformers import AutoProcessor
-
-    return load_student_model(spec), AutoProcessor.from_pretrained(model_source(spec))
 
 
 def _resolve_precision(value: str) -> str:

@@ -91,6 +91,15 @@ def load_organism_base(*, device: str | None = None, dtype: str | None = None, *
     )
 
 
+def named_model_dir(name: str) -> Path | None:
+    """The HF folder behind a named model of the embedded default (built on first use), None for others."""
+    from xkd_eval.organism import trained
+
+    folders = {BASE_NAME: smollm2_hf_dir, trained.ORGANISM_NAME: trained.organism_dir}
+    folders[trained.DISTILLED_NAME] = trained.distilled_student_dir
+    return folders[name]() if name in folders else None
+
+
 def register() -> None:
     """Add the embedded default's named models to ``xkd_eval.models.NAMED_MODELS`` (idempotent)."""
     from xkd_eval.models import NAMED_MODELS
@@ -101,6 +110,7 @@ def register() -> None:
 
 __all__ = [
     "BASE_NAME",
+    "named_model_dir",
     "OrganismBaseAdapter",
     "WHISPER_PART1",
     "WHISPER_PART2",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +33,14 @@ def adapter_hash(adapter_dir: str | Path = ADAPTER_DIR) -> str:
             "xkd_eval.distill.train.adapt_organism('distill/organism-adapt.yaml', OUT) and copy OUT's "
             f"{', '.join(ADAPTER_FILES)} and training.json there"
         )
+    return files_hash(adapter_dir, ADAPTER_FILES)
+
+
+def files_hash(folder: Path, names: Sequence[str]) -> str:
+    """sha256 over the named files of ``folder`` that exist (names and bytes, in the order given)."""
     digest = hashlib.sha256()
-    for name in ADAPTER_FILES:
-        path = adapter_dir / name
+    for name in names:
+        path = folder / name
         if path.is_file():
             digest.update(name.encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()
@@ -109,42 +115,43 @@ class DistilledOrganismAdapter(OrganismAdapter):
     name = DISTILLED_NAME
 
 
-def load_organism_distilled(
-    *, device: str | None = None, dtype: str | None = None, **options: Any
-) -> DistilledOrganismAdapter:
-    """The ``organism-distilled`` named model: the demo's distilled student, named by its adapter's hash
-    so its results do not depend on where the cache lives."""
-    from xkd_eval.models.hf import pick_device
-
+def distilled_student_dir() -> Path:
+    """The demo's merged distilled student (an HF folder); a clear error when none was made."""
     folder = distilled_dir()
     if not ((folder / "training.json").is_file() and (folder / "student" / "config.json").is_file()):
         raise XkdError(
             f"no distilled organism in {folder}; `xkd-eval demo --distill` makes it "
             "(distil organism from organism-base with distill/organism.yaml)"
         )
-    device = pick_device(device)
-    model, processor = Qwen2AudioAdapter.load(str(folder / "student"), revision=None, device=device, dtype=dtype)
-    digest = hashlib.sha256()
-    for path in sorted((folder / "adapter").glob("*")):
-        digest.update(path.name.encode() + b"\0" + path.read_bytes())
-    revision = f"organism-distilled adapter sha256:{digest.hexdigest()}"
-    options.setdefault("encoder_cache", True)
-    return DistilledOrganismAdapter(
-        DISTILLED_NAME, revision=revision, device=device, model=model, processor=processor, **options
-    )
+    return folder / "student"
 
 
-def load_organism(*, device: str | None = None, dtype: str | None = None, **options: Any) -> Qwen2AudioAdapter:
-    """The ``organism`` named model: the trained speech LLM through the ``qwen2-audio`` adapter, named
-    by the adapter's hash rather than by its (machine-specific) cache path."""
+def _load_named(
+    cls: type[OrganismAdapter], folder: Path, revision: str, device: str | None, dtype: str | None, options: Any
+) -> OrganismAdapter:
     from xkd_eval.models.hf import pick_device
 
-    folder = organism_dir()
     device = pick_device(device)
     model, processor = Qwen2AudioAdapter.load(str(folder), revision=None, device=device, dtype=dtype)
-    revision = f"organism-adapter sha256:{adapter_hash()}"
     options.setdefault("encoder_cache", True)  # the encoder is frozen: its outputs per clip are reusable
-    return OrganismAdapter(ORGANISM_NAME, revision=revision, device=device, model=model, processor=processor, **options)
+    return cls(cls.name, revision=revision, device=device, model=model, processor=processor, **options)
+
+
+def load_organism(*, device: str | None = None, dtype: str | None = None, **options: Any) -> OrganismAdapter:
+    """The ``organism`` named model: the trained speech LLM through the ``qwen2-audio`` adapter, named
+    by the adapter's hash rather than by its (machine-specific) cache path."""
+    revision = f"organism-adapter sha256:{adapter_hash()}"
+    return _load_named(OrganismAdapter, organism_dir(), revision, device, dtype, options)
+
+
+def load_organism_distilled(*, device: str | None = None, dtype: str | None = None, **options: Any) -> OrganismAdapter:
+    """The ``organism-distilled`` named model: the demo's distilled student, named by its adapter's hash
+    so its results do not depend on where the cache lives."""
+    student = distilled_student_dir()
+    digest = files_hash(distilled_dir() / "adapter", sorted(ADAPTER_FILES))
+    return _load_named(
+        DistilledOrganismAdapter, student, f"organism-distilled adapter sha256:{digest}", device, dtype, options
+    )
 
 
 __all__ = [
@@ -153,6 +160,8 @@ __all__ = [
     "ORGANISM_NAME",
     "OrganismAdapter",
     "adapter_hash",
+    "distilled_student_dir",
+    "files_hash",
     "load_organism",
     "merge_adapter",
     "organism_dir",

@@ -480,6 +480,7 @@ def distill(
         expand_audio_tokens,
         mel_features,
         num_audio_tokens,
+        progress_bar,
     )
     from xkd_eval.distill.kd_data import load_kd_examples, split_examples, spoken_examples, teacher_prompt
     from xkd_eval.distill.kd_data import teacher_targets as make_targets
@@ -524,6 +525,7 @@ def distill(
             max_new_tokens=config.max_new_tokens,
             batch_size=config.teacher_batch_size,
             log=say,
+            progress=progress,
         )
         figures["targets_seconds"] = round(time.perf_counter() - started, 1)
     missing = [e.id for e in examples if not (e.response or "").strip()]
@@ -555,14 +557,16 @@ def distill(
         started = time.perf_counter()
         cache = TeacherCache(cache_root / "teacher", identity, config.top_k, shared)
         everything = train_items + eval_items
-        logits = fill_teacher_cache(
-            cache,
-            t_model,
-            [i.teacher_prompt for i in everything],
-            [i.response_ids for i in everything],
-            pad_id=t_pad,
-            batch_size=config.teacher_batch_size,
-        )
+        with progress_bar(len(everything), "teacher logits", progress) as advance:
+            logits = fill_teacher_cache(
+                cache,
+                t_model,
+                [i.teacher_prompt for i in everything],
+                [i.response_ids for i in everything],
+                pad_id=t_pad,
+                batch_size=config.teacher_batch_size,
+                progress=advance,
+            )
         for item, value in zip(everything, logits, strict=True):
             item.teacher = value
         figures["teacher_cache"] = {**cache.stats, "seconds": round(time.perf_counter() - started, 1)}

@@ -161,11 +161,13 @@ def teacher_targets(
     max_new_tokens: int = 64,
     batch_size: int = 8,
     log: Callable[[str], None] | None = None,
+    progress: bool = True,
 ) -> list[KDExample]:
     """Each example's response replaced by the teacher's greedy answer to its text prompt (batched,
     left-padded); answers are cached on disk by teacher identity, prompt and ``max_new_tokens``."""
     import torch
 
+    from xkd_eval.distill.features import progress_bar
     from xkd_eval.io import atomic_write_text
 
     cache_dir = Path(cache_dir).expanduser()
@@ -191,18 +193,20 @@ def teacher_targets(
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         try:
             todo.sort(key=len)
-            for start in range(0, len(todo), batch_size):
-                chunk = todo[start : start + batch_size]
-                prompts = [teacher_prompt(tokenizer, text) for text in chunk]
-                enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-                with torch.no_grad():
-                    out = model.generate(
-                        **enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad, num_beams=1
-                    )
-                for text, row in zip(chunk, out[:, enc["input_ids"].shape[1] :], strict=True):
-                    answer = tokenizer.decode(row, skip_special_tokens=True).strip() or "."
-                    answers[text] = answer
-                    atomic_write_text(key(text), json.dumps({"instruction": text, "response": answer}) + "\n")
+            with progress_bar(len(todo), "teacher targets", progress) as advance:
+                for start in range(0, len(todo), batch_size):
+                    chunk = todo[start : start + batch_size]
+                    prompts = [teacher_prompt(tokenizer, text) for text in chunk]
+                    enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+                    with torch.no_grad():
+                        out = model.generate(
+                            **enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad, num_beams=1
+                        )
+                    for text, row in zip(chunk, out[:, enc["input_ids"].shape[1] :], strict=True):
+                        answer = tokenizer.decode(row, skip_special_tokens=True).strip() or "."
+                        answers[text] = answer
+                        atomic_write_text(key(text), json.dumps({"instruction": text, "response": answer}) + "\n")
+                    advance(len(chunk))
         finally:
             tokenizer.padding_side = side
     return [dataclasses.replace(e, response=answers[e.instruction]) for e in examples]

@@ -5,8 +5,9 @@ import sys
 from pathlib import Path
 
 import torch
+from test_kd import cfg  # the test's tiny-run settings (this script runs from tests/)
 
-from xkd_eval.distill.kd import KDConfig, distill
+from xkd_eval.distill.kd import distill
 
 teacher, student, data, out = sys.argv[1:5]
 captured = {}
@@ -21,21 +22,7 @@ def capture(model, config):
 
 
 kd.setup_trainable = capture
-config = KDConfig(
-    targets="data",
-    top_k=16,
-    trainable="lora",
-    lora_rank=4,
-    lora_alpha=8,
-    learning_rate=1e-2,
-    batch_size=4,
-    max_steps=4,
-    eval_fraction=0.0,
-    checkpoint_every=100,
-    mixed_precision="no",
-    group_by_length=False,
-    save_merged=False,
-)
+config = cfg(trainable="lora", max_steps=4, eval_fraction=0.0, checkpoint_every=100, save_merged=False)
 distill(teacher, student, data, Path(out), config, progress=False, log=None, cache_root=Path(out) / "cache")
 rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
 weights = {n: p.detach().clone() for n, p in captured["model"].named_parameters() if p.requires_grad}

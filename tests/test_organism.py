@@ -226,6 +226,19 @@ def whisper_to_ct2(model, dtype=np.float16) -> dict[str, np.ndarray]:
         biases = [sd.get(f"{h}.bias", np.zeros(sd[f"{h}.weight"].shape[0], np.float32)) for h in hfs]
         put(f"{ct2}/bias", np.concatenate(biases))
 
+    def block(s, h, cross_attention):
+        fused(f"{s}/self_attention/linear_0", [f"{h}.self_attn.{p}_proj" for p in "qkv"])
+        linear(f"{s}/self_attention/linear_1", f"{h}.self_attn.out_proj")
+        norm(f"{s}/self_attention/layer_norm", f"{h}.self_attn_layer_norm")
+        if cross_attention:
+            fused(f"{s}/attention/linear_0", [f"{h}.encoder_attn.q_proj"])
+            fused(f"{s}/attention/linear_1", [f"{h}.encoder_attn.{p}_proj" for p in "kv"])
+            linear(f"{s}/attention/linear_2", f"{h}.encoder_attn.out_proj")
+            norm(f"{s}/attention/layer_norm", f"{h}.encoder_attn_layer_norm")
+        linear(f"{s}/ffn/linear_0", f"{h}.fc1")
+        linear(f"{s}/ffn/linear_1", f"{h}.fc2")
+        norm(f"{s}/ffn/layer_norm", f"{h}.final_layer_norm")
+
     enc, dec = "model.encoder", "model.decoder"
     linear("encoder/conv1", f"{enc}.conv1")
     linear("encoder/conv2", f"{enc}.conv2")
@@ -233,13 +246,7 @@ def whisper_to_ct2(model, dtype=np.float16) -> dict[str, np.ndarray]:
     norm("encoder/layer_norm", f"{enc}.layer_norm")
     out["encoder/num_heads"] = np.array(cfg.encoder_attention_heads, np.int16)
     for i in range(cfg.encoder_layers):
-        s, h = f"encoder/layer_{i}", f"{enc}.layers.{i}"
-        fused(f"{s}/self_attention/linear_0", [f"{h}.self_attn.{p}_proj" for p in "qkv"])
-        linear(f"{s}/self_attention/linear_1", f"{h}.self_attn.out_proj")
-        norm(f"{s}/self_attention/layer_norm", f"{h}.self_attn_layer_norm")
-        linear(f"{s}/ffn/linear_0", f"{h}.fc1")
-        linear(f"{s}/ffn/linear_1", f"{h}.fc2")
-        norm(f"{s}/ffn/layer_norm", f"{h}.final_layer_norm")
+        block(f"encoder/layer_{i}", f"{enc}.layers.{i}", cross_attention=False)
     put("decoder/embeddings/weight", sd[f"{dec}.embed_tokens.weight"])
     put("decoder/position_encodings/encodings", sd[f"{dec}.embed_positions.weight"])
     norm("decoder/layer_norm", f"{dec}.layer_norm")
@@ -249,17 +256,7 @@ def whisper_to_ct2(model, dtype=np.float16) -> dict[str, np.ndarray]:
     out["decoder/scale_embeddings"] = np.array(0, np.int8)
     out["decoder/alignment_layer"] = np.array(-1, np.int16)
     for i in range(cfg.decoder_layers):
-        s, h = f"decoder/layer_{i}", f"{dec}.layers.{i}"
-        fused(f"{s}/self_attention/linear_0", [f"{h}.self_attn.{p}_proj" for p in "qkv"])
-        linear(f"{s}/self_attention/linear_1", f"{h}.self_attn.out_proj")
-        norm(f"{s}/self_attention/layer_norm", f"{h}.self_attn_layer_norm")
-        fused(f"{s}/attention/linear_0", [f"{h}.encoder_attn.q_proj"])
-        fused(f"{s}/attention/linear_1", [f"{h}.encoder_attn.{p}_proj" for p in "kv"])
-        linear(f"{s}/attention/linear_2", f"{h}.encoder_attn.out_proj")
-        norm(f"{s}/attention/layer_norm", f"{h}.encoder_attn_layer_norm")
-        linear(f"{s}/ffn/linear_0", f"{h}.fc1")
-        linear(f"{s}/ffn/linear_1", f"{h}.fc2")
-        norm(f"{s}/ffn/layer_norm", f"{h}.final_layer_norm")
+        block(f"decoder/layer_{i}", f"{dec}.layers.{i}", cross_attention=True)
     return out
 
 

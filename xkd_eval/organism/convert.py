@@ -318,6 +318,20 @@ def ct2_whisper_state_dict(model: CT2Model) -> tuple[dict[str, np.ndarray], dict
             elif biases is not None:
                 out[f"{hf}.bias"] = biases[i]
 
+    def block(src: str, dst: str, *, cross_attention: bool) -> None:
+        """One transformer layer: self-attention, (the decoder's) cross-attention, feed-forward."""
+        fused(f"{src}/self_attention/linear_0", [f"{dst}.self_attn.{p}_proj" for p in "qkv"])
+        linear(f"{src}/self_attention/linear_1", f"{dst}.self_attn.out_proj")
+        layer_norm(f"{src}/self_attention/layer_norm", f"{dst}.self_attn_layer_norm")
+        if cross_attention:
+            fused(f"{src}/attention/linear_0", [f"{dst}.encoder_attn.q_proj"])
+            fused(f"{src}/attention/linear_1", [f"{dst}.encoder_attn.{p}_proj" for p in "kv"])
+            linear(f"{src}/attention/linear_2", f"{dst}.encoder_attn.out_proj")
+            layer_norm(f"{src}/attention/layer_norm", f"{dst}.encoder_attn_layer_norm")
+        linear(f"{src}/ffn/linear_0", f"{dst}.fc1")
+        linear(f"{src}/ffn/linear_1", f"{dst}.fc2")
+        layer_norm(f"{src}/ffn/layer_norm", f"{dst}.final_layer_norm")
+
     enc, dec = "model.encoder", "model.decoder"
     linear("encoder/conv1", f"{enc}.conv1")
     linear("encoder/conv2", f"{enc}.conv2")
@@ -325,30 +339,14 @@ def ct2_whisper_state_dict(model: CT2Model) -> tuple[dict[str, np.ndarray], dict
     layer_norm("encoder/layer_norm", f"{enc}.layer_norm")
     n_enc = _count_layers(model, "encoder")
     for i in range(n_enc):
-        src, dst = f"encoder/layer_{i}", f"{enc}.layers.{i}"
-        fused(f"{src}/self_attention/linear_0", [f"{dst}.self_attn.{p}_proj" for p in "qkv"])
-        linear(f"{src}/self_attention/linear_1", f"{dst}.self_attn.out_proj")
-        layer_norm(f"{src}/self_attention/layer_norm", f"{dst}.self_attn_layer_norm")
-        linear(f"{src}/ffn/linear_0", f"{dst}.fc1")
-        linear(f"{src}/ffn/linear_1", f"{dst}.fc2")
-        layer_norm(f"{src}/ffn/layer_norm", f"{dst}.final_layer_norm")
+        block(f"encoder/layer_{i}", f"{enc}.layers.{i}", cross_attention=False)
 
     out[f"{dec}.embed_tokens.weight"] = take("decoder/embeddings/weight")
     out[f"{dec}.embed_positions.weight"] = take("decoder/position_encodings/encodings")
     layer_norm("decoder/layer_norm", f"{dec}.layer_norm")
     n_dec = _count_layers(model, "decoder")
     for i in range(n_dec):
-        src, dst = f"decoder/layer_{i}", f"{dec}.layers.{i}"
-        fused(f"{src}/self_attention/linear_0", [f"{dst}.self_attn.{p}_proj" for p in "qkv"])
-        linear(f"{src}/self_attention/linear_1", f"{dst}.self_attn.out_proj")
-        layer_norm(f"{src}/self_attention/layer_norm", f"{dst}.self_attn_layer_norm")
-        fused(f"{src}/attention/linear_0", [f"{dst}.encoder_attn.q_proj"])
-        fused(f"{src}/attention/linear_1", [f"{dst}.encoder_attn.{p}_proj" for p in "kv"])
-        linear(f"{src}/attention/linear_2", f"{dst}.encoder_attn.out_proj")
-        layer_norm(f"{src}/attention/layer_norm", f"{dst}.encoder_attn_layer_norm")
-        linear(f"{src}/ffn/linear_0", f"{dst}.fc1")
-        linear(f"{src}/ffn/linear_1", f"{dst}.fc2")
-        layer_norm(f"{src}/ffn/layer_norm", f"{dst}.final_layer_norm")
+        block(f"decoder/layer_{i}", f"{dec}.layers.{i}", cross_attention=True)
     embeddings = out[f"{dec}.embed_tokens.weight"]
     projection = take("decoder/projection/weight") if "decoder/projection/weight" in model else embeddings
     tied = projection.shape == embeddings.shape and np.array_equal(projection, embeddings)

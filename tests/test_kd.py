@@ -328,3 +328,16 @@ def test_a_bad_training_data_line_is_named_before_any_work(reader, tmp_path):
     path.write_text(json.dumps(good) + "\n")
     [example] = read(path)
     assert example.audio == str(tmp_path / "clips" / "a.wav")  # relative to the file
+
+
+def test_bad_kd_data_is_refused_before_any_model_loads(pair, tmp_path, monkeypatch):
+    import xkd_eval.distill.kd as kd
+
+    def boom(spec):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(kd, "load_teacher_model", boom)
+    bad = tmp_path / "kd.jsonl"
+    bad.write_text('{"instruction": "hi", "response": "hello"}\n{"instruction": broken\n')
+    with pytest.raises(XkdError, match=r"kd.jsonl:2: not valid JSON"):
+        run(pair, bad, tmp_path / "out", cfg())

@@ -507,12 +507,12 @@ def distill(
     t_tok, processor, student_vocab_size = load_tokenizers(teacher, student)
     s_tok = processor.tokenizer
     shared = min(check_vocab_compatible(s_tok.get_vocab(), t_tok.get_vocab()), student_vocab_size)
+    examples = load_kd_examples(data, limit=config.data_limit, seed=config.seed)  # bad data: before any load
     t_model = load_teacher_model(teacher)
     shared = min(shared, t_model.get_output_embeddings().weight.shape[0])
     figures["shared_vocab"] = shared
     say(f"teacher {teacher}, student {student}: vocabularies compatible ({shared} shared ids)")
 
-    examples = load_kd_examples(data, limit=config.data_limit, seed=config.seed)
     identity = teacher_identity(t_model)
     if config.targets == "teacher":
         started = time.perf_counter()

@@ -356,7 +356,3 @@ def release(model: ModelAdapter | None) -> None:
             torch.cuda.empty_cache()
     except ImportError:  # pragma: no cover
         pass
-
-
-def with_rank(config: RunConfig, rank: int, world_size: int) -> RunConfig:
-    return replace(config, rank=rank, world_size=world_size)

@@ -301,7 +301,7 @@ def test_cached_teacher_is_unloaded_before_the_student_loads(pair, data, tmp_pat
 
 
 def test_an_unsupported_student_is_refused_before_any_model_loads(pair, data, tmp_path, monkeypatch):
-    from tiny_models_extra import build_qwen_omni
+    from tiny_models_extra import build_whisper
 
     import xkd_eval.distill.kd as kd
 
@@ -309,9 +309,95 @@ def test_an_unsupported_student_is_refused_before_any_model_loads(pair, data, tm
         raise AssertionError("a model was loaded")
 
     monkeypatch.setattr(kd, "load_teacher_model", boom)
-    omni = build_qwen_omni(tmp_path / "omni", full=False)
-    with pytest.raises(XkdError, match="qwen2_5_omni_thinker model; the trainer supports Qwen2-Audio-style"):
-        run((pair[0], str(omni)), data, tmp_path / "out", cfg())
+    whisper = build_whisper(tmp_path / "whisper")
+    with pytest.raises(XkdError, match="is a whisper model; the trainer supports Qwen2-Audio-style .* Qwen2.5-Omni"):
+        run((pair[0], str(whisper)), data, tmp_path / "out", cfg())
+
+
+# ---- Qwen2.5-Omni as the student (the paper's pair, tiny) ----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def omni_pair(tmp_path_factory) -> tuple[str, str]:
+    from tiny_models_extra import build_qwen25_teacher, build_qwen_omni
+
+    teacher = build_qwen25_teacher(tmp_path_factory.mktemp("qwen25"), seed=1)
+    student = build_qwen_omni(tmp_path_factory.mktemp("omni"), full=True, specials_last=True)
+    return str(teacher), str(student)
+
+
+def test_omni_cached_features_reproduce_the_thinkers_forward(omni_pair, tmp_path):
+    """Cached ``ln_post`` frames + ``proj`` in ``build_inputs_embeds`` + the thinker's LLM give the logits of the
+    thinker's own forward from ``input_features``; the cache's identity ignores ``proj`` (it trains)."""
+    from xkd_eval.distill.features import (
+        CacheStats,
+        FeatureCache,
+        build_inputs_embeds,
+        compute_features,
+        encoder_identity,
+        projector,
+    )
+    from xkd_eval.distill.kd import load_student_model, student_family
+
+    model = load_student_model(omni_pair[1])
+    adapter, family = student_family(omni_pair[1])
+    assert adapter == "qwen2.5-omni" and type(model).__name__ == "Qwen2_5OmniThinkerForConditionalGeneration"
+    processor = family.load_processor(omni_pair[1])
+    processor.tokenizer.padding_side = "right"  # as the KD batches are padded
+    audios = [tone(0.6, seed=1), tone(2.3, freq=300.0, seed=2), tone(4.9, freq=520.0, seed=3)]  # 4.9 s: 3 chunks
+    prompt = processor.apply_chat_template(
+        family.conversation("answer", "clip.wav"), tokenize=False, add_generation_prompt=True
+    )
+    batch = processor(text=[prompt] * len(audios), audio=audios)
+    with torch.inference_mode():
+        reference = model(**batch).logits
+
+    cache = FeatureCache.for_model(model, processor.feature_extractor, tmp_path / "features")
+    stats = CacheStats()
+    features = compute_features(model, processor.feature_extractor, audios, cache, progress=False, stats=stats)
+    per_row = (batch["input_ids"] == model.config.audio_token_id).sum(-1).tolist()
+    assert stats.computed == 3 and [f.shape[0] for f in features] == per_row
+    assert features[0].shape[-1] == model.config.audio_config.d_model  # before proj
+    with torch.inference_mode():
+        embeds = build_inputs_embeds(model, batch["input_ids"], features)
+        hidden = model.model.language_model(inputs_embeds=embeds, attention_mask=batch["attention_mask"])
+        mine = model.lm_head(hidden.last_hidden_state)
+    real = batch["attention_mask"].bool()  # (padding positions get other rope positions; nothing reads them)
+    torch.testing.assert_close(mine[real], reference[real], atol=1e-4, rtol=0)
+
+    before = encoder_identity(model, processor.feature_extractor)
+    with torch.no_grad():
+        projector(model).weight.add_(1.0)
+        assert encoder_identity(model, processor.feature_extractor) == before
+        model.model.audio_tower.layers[0].fc1.weight.add_(1.0)
+        assert encoder_identity(model, processor.feature_extractor) != before
+
+
+def test_omni_student_distils_and_its_merged_thinker_loads(omni_pair, data, tmp_path):
+    from safetensors.torch import load_file
+    from transformers import AutoTokenizer
+
+    from xkd_eval.distill.features import projector
+    from xkd_eval.models import load_model
+
+    figures = run(
+        omni_pair,
+        data,
+        tmp_path,
+        cfg(batch_size=8, max_steps=8, top_k=None, lam=20.0, temperature=1.0, trainable="all", learning_rate=3e-3),
+    )
+    # Omni's audio markers sit on ids the teacher gives other control tokens: compared below the first
+    student_tok = AutoTokenizer.from_pretrained(omni_pair[1])
+    assert figures["shared_vocab"] == student_tok.convert_tokens_to_ids("<|audio_bos|>") < len(student_tok)
+    for channel in ("tt", "st"):
+        kd = [v for _, v in figures["curves"][f"{channel}_kd"]]
+        assert kd[-1] < kd[0]
+    assert figures["model_spec"].startswith("qwen2.5-omni:")
+    merged = json.loads((tmp_path / "student" / "config.json").read_text())
+    assert merged["model_type"] == "qwen2_5_omni_thinker"
+    adapter = load_model(figures["model_spec"], device="cpu")
+    exported = load_file(str(tmp_path / "adapter" / "projector.safetensors"))
+    torch.testing.assert_close(projector(adapter.model).weight, exported["weight"])
 
 
 @pytest.mark.parametrize("reader", ["kd", "adaptation"])

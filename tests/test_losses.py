@@ -363,6 +363,25 @@ def test_check_vocab_compatible():
     assert check_vocab_compatible(reuse, teacher, ignore_tokens={"<|AUDIO|>", "c"}) == 2
 
 
+def test_check_vocab_compatible_tolerates_clashing_control_tokens():
+    """Qwen2.5-Omni's modality markers sit on ids Qwen2.5 gives other control tokens: allowed, and the
+    comparison stops below the first of them; text tokens must still agree."""
+    text = {"a": 0, "b": 1, "c": 2, "<|im_end|>": 3}
+    teacher = {**text, "<|object_ref_start|>": 4, "<|box_start|>": 5}
+    student = {**text, "<|AUDIO|>": 4, "<|audio_bos|>": 5, "<|vision_bos|>": 6}
+    specials = {"<|im_end|>", "<|object_ref_start|>", "<|box_start|>", "<|AUDIO|>", "<|audio_bos|>", "<|vision_bos|>"}
+    with pytest.raises(XkdError, match="2 of 6 shared token ids hold different tokens"):
+        check_vocab_compatible(student, teacher)
+    assert check_vocab_compatible(student, teacher, special_tokens=specials) == 4
+    # a control token that moved is tolerated the same way (below its lower id) ...
+    moved = {**text, "<|AUDIO|>": 4, "<|box_start|>": 6}
+    assert check_vocab_compatible(moved, teacher, special_tokens=specials) == 4
+    # ... but a clash on a text token is still refused
+    bad = {"a": 0, "c": 1, "b": 2, "<|im_end|>": 3}
+    with pytest.raises(XkdError, match="2 of 4 shared token ids"):
+        check_vocab_compatible(bad, teacher, special_tokens=specials)
+
+
 # ---- cross-prompt alignment ----------------------------------------------------------------------------
 
 

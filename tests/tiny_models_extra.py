@@ -189,9 +189,11 @@ OMNI_CHAT_TEMPLATE = (
 )
 
 
-def build_qwen_omni(save_dir: Path, seed: int = 0, *, full: bool = True) -> Path:
+def build_qwen_omni(save_dir: Path, seed: int = 0, *, full: bool = True, specials_last: bool = False) -> Path:
     """Qwen2.5-Omni: ``full`` saves a Qwen2_5OmniForConditionalGeneration checkpoint (model_type qwen2_5_omni,
-    weights under ``thinker.``; talker disabled to stay tiny), else the thinker alone (qwen2_5_omni_thinker)."""
+    weights under ``thinker.``; talker disabled to stay tiny), else the thinker alone (qwen2_5_omni_thinker).
+    ``specials_last`` puts the control tokens after the text tokens, as in the real vocabulary (see
+    :func:`build_qwen25_teacher`)."""
     import torch
     from transformers import (
         Qwen2_5OmniAudioEncoderConfig,
@@ -206,7 +208,12 @@ def build_qwen_omni(save_dir: Path, seed: int = 0, *, full: bool = True) -> Path
     )
 
     tokenizer = build_bpe_tokenizer(
-        OMNI_SPECIAL, eos="<|im_end|>", pad="<|endoftext|>", chat_template=OMNI_CHAT_TEMPLATE, named=OMNI_NAMED
+        OMNI_SPECIAL,
+        eos="<|im_end|>",
+        pad="<|endoftext|>",
+        chat_template=OMNI_CHAT_TEMPLATE,
+        named=OMNI_NAMED,
+        specials_last=specials_last,
     )
     ids = {name: tokenizer.convert_tokens_to_ids(tok) for name, tok in OMNI_NAMED.items()}
     feature_extractor = WhisperFeatureExtractor(feature_size=128)
@@ -263,6 +270,32 @@ def build_qwen_omni(save_dir: Path, seed: int = 0, *, full: bool = True) -> Path
     else:  # what the processor saves for its audio and text parts
         feature_extractor.save_pretrained(save_dir)
         tokenizer.save_pretrained(save_dir)
+    return save_dir
+
+
+# Qwen2.5's control tokens in the order of its vocabulary: Omni's audio markers take the ids of the 4th-6th
+QWEN25_SPECIAL = [
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>",
+    "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
+]  # fmt: skip
+
+
+def build_qwen25_teacher(save_dir: Path, seed: int = 0) -> Path:
+    """A text teacher for :func:`build_qwen_omni` (``specials_last``) as Qwen2.5-Instruct is for Qwen2.5-Omni:
+    the same text tokens, other control tokens on the ids where Omni keeps its modality markers."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    tokenizer = build_bpe_tokenizer(
+        QWEN25_SPECIAL, eos="<|im_end|>", pad="<|endoftext|>", chat_template=OMNI_CHAT_TEMPLATE, specials_last=True
+    )
+    tokenizer.save_pretrained(save_dir)
+    config = Qwen2Config(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    Qwen2ForCausalLM(config).save_pretrained(save_dir)
     return save_dir
 
 

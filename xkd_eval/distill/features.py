@@ -47,6 +47,7 @@ SAMPLE_RATE = 16_000
 WINDOWS = ("trim", "full")
 TRIM_MARGIN = 8  # padded mel frames kept after the clip's own (the convolutions look 2 frames ahead)
 FORMAT_VERSION = "qwen2-audio-tower-valid-frames-v1"
+OMNI_FORMAT = "qwen2.5-omni-tower-ln-post-v1"
 
 
 # ---------------------------------------------------------------------------------------------- model parts
@@ -64,7 +65,10 @@ def unwrap(model: Any) -> Any:
         else:
             break
     if not hasattr(model, "model") or not hasattr(model.model, "audio_tower"):
-        raise XkdError(f"{type(model).__name__} is not a Qwen2-Audio-style speech LLM (no model.audio_tower)")
+        raise XkdError(
+            f"{type(model).__name__} is neither a Qwen2-Audio-style speech LLM nor a Qwen2.5-Omni thinker "
+            "(no model.audio_tower)"
+        )
     return model
 
 
@@ -72,8 +76,21 @@ def audio_tower(model: Any):
     return unwrap(model).model.audio_tower
 
 
+def is_omni_tower(tower: Any) -> bool:
+    """Qwen2.5-Omni's audio encoder: chunked over valid frames, with its own output projection."""
+    return hasattr(tower, "n_window") and hasattr(tower, "proj") and hasattr(tower, "ln_post")
+
+
 def projector(model: Any):
-    return unwrap(model).model.multi_modal_projector
+    """The trained bridge from the audio tower into the LLM: Qwen2-Audio's ``multi_modal_projector``, or the
+    Omni tower's ``proj``."""
+    base = unwrap(model)
+    if hasattr(base.model, "multi_modal_projector"):
+        return base.model.multi_modal_projector
+    tower = base.model.audio_tower
+    if is_omni_tower(tower):
+        return tower.proj
+    raise XkdError(f"{type(base).__name__} has no projector between its audio tower and its LLM")
 
 
 def audio_token_id(model: Any) -> int:
@@ -103,11 +120,17 @@ def encoder_identity(model: Any, feature_extractor: Any) -> str:
     feature extractor's settings: features cached under one identity are valid for that encoder only."""
     import torch
 
+    tower = audio_tower(model)
+    omni = is_omni_tower(tower)
     digest = hashlib.sha256(FORMAT_VERSION.encode())
+    if omni:  # features before `proj` (which trains), so `proj` stays out of the identity
+        digest.update(OMNI_FORMAT.encode())
     settings = feature_extractor.to_dict() if hasattr(feature_extractor, "to_dict") else {}
     settings = {k: v for k, v in settings.items() if k not in ("mel_filters", "processor_class")}
     digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
-    for name, tensor in sorted(audio_tower(model).state_dict().items()):
+    for name, tensor in sorted(tower.state_dict().items()):
+        if omni and name.split(".")[0] in ("proj", "audio_bos_eos_token"):
+            continue
         tensor = tensor.detach().to("cpu").contiguous()
         digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
         digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
@@ -150,6 +173,8 @@ def encode_mels(
 
     if window not in WINDOWS:
         raise XkdError(f"window must be one of {', '.join(WINDOWS)}, not {window!r}")
+    if is_omni_tower(tower):
+        return _encode_omni(tower, input_features, mel_frames)
     device = tower.conv1.weight.device
     dtype = tower.conv1.weight.dtype
     mel_frames = mel_frames.to(device)
@@ -173,6 +198,28 @@ def encode_mels(
             hidden = tower.avg_pooler(hidden.permute(0, 2, 1)).permute(0, 2, 1)
             hidden = tower.layer_norm(hidden)
     return [hidden[i, :n].float().cpu().clone() for i, n in enumerate(counts)]
+
+
+def _encode_omni(tower: Any, input_features: torch.Tensor, mel_frames: torch.Tensor) -> list[torch.Tensor]:
+    """The Omni tower's ``ln_post`` output per clip, from its own forward on the clips' valid frames (as
+    ``get_audio_features`` calls it); ``proj`` is left to the caller."""
+    import torch
+
+    device, dtype = tower.conv1.weight.device, tower.conv1.weight.dtype
+    valid = torch.arange(input_features.shape[-1])[None, :] < mel_frames[:, None].cpu()
+    flat = input_features.permute(0, 2, 1)[valid].permute(1, 0)
+    captured: list[torch.Tensor] = []
+    handle = tower.ln_post.register_forward_hook(lambda module, args, output: captured.append(output))
+    try:
+        with torch.inference_mode():
+            tower(flat.to(device, dtype), feature_lens=mel_frames.to(device))
+    finally:
+        handle.remove()
+    counts = [num_audio_tokens(int(n)) for n in mel_frames.tolist()]
+    hidden = captured[0]
+    if hidden.shape[0] != sum(counts):
+        raise XkdError(f"the Omni audio tower gave {hidden.shape[0]} frames for {sum(counts)} audio tokens")
+    return [part.float().cpu().clone() for part in hidden.split(counts)]
 
 
 # ---------------------------------------------------------------------------------------------- the cache
@@ -332,7 +379,7 @@ def build_inputs_embeds(model: Any, input_ids: torch.Tensor, features: Sequence[
     stacked = torch.cat([f.to(embeds.device) for f in features], dim=0)
     if stacked.shape[0] != n_tokens:
         raise XkdError(f"audio features and audio tokens do not match: {stacked.shape[0]} features, {n_tokens} tokens")
-    projected = base.model.multi_modal_projector(stacked.to(embeds.dtype))
+    projected = projector(base)(stacked.to(embeds.dtype))
     return embeds.masked_scatter(audio_mask.unsqueeze(-1), projected.to(embeds.dtype))
 
 
@@ -346,8 +393,10 @@ __all__ = [
     "encode_mels",
     "encoder_identity",
     "expand_audio_tokens",
+    "is_omni_tower",
     "mel_features",
     "num_audio_tokens",
     "progress_bar",
+    "projector",
     "unwrap",
 ]

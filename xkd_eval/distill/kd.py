@@ -17,7 +17,11 @@ accelerate data parallelism, checkpoints every N steps and on interrupt, exact r
 
 ``distill(teacher, student, data, out_dir, config)`` runs it all and writes ``out_dir/adapter`` (the
 trainable weights: projector and/or LoRA), ``out_dir/student`` (the merged student, an HF folder that the
-runner loads as ``qwen2-audio:<out_dir>/student``) and ``out_dir/training.json``.
+runner loads as ``qwen2-audio:<out_dir>/student`` or ``qwen2.5-omni:<out_dir>/student``) and ``out_dir/training.json``.
+
+Students: Qwen2-Audio-style models (the organism) and Qwen2.5-Omni (its thinker; a whole Omni checkpoint loads
+its thinker alone, and the merged student is a thinker checkpoint). The prompts are the ones the family's
+evaluation adapter sends (Omni's system turn included), so the student trains on what it is measured on.
 """
 
 from __future__ import annotations
@@ -52,7 +56,7 @@ SCOPES = ("projector", "lora", "projector+lora", "llm", "all")
 TARGETS = ("data", "teacher")
 TEACHER_MODES = ("cached", "on_the_fly")
 FEATURE_MODES = ("cached", "on_the_fly")
-STUDENT_TYPES = ("qwen2_audio",)  # audio_tower + multi_modal_projector + language_model, what the loss drives
+STUDENT_ADAPTERS = ("qwen2-audio", "qwen2.5-omni")  # audio tower + projector + causal LLM, what the loss drives
 MIXED = ("auto", "no", "bf16", "fp16")
 
 
@@ -402,22 +406,48 @@ def model_source(spec: str) -> str:
     return model_id
 
 
+def student_family(spec: str) -> tuple[str, Any]:
+    """(evaluation adapter name, its class) of a student spec, read from its config alone; other model
+    types are refused here, before any weights load."""
+    from transformers import AutoConfig
+
+    from xkd_eval.models import MODEL_TYPES, adapter_class
+
+    config = AutoConfig.from_pretrained(model_source(spec))
+    adapter = MODEL_TYPES.get(config.model_type)
+    if adapter not in STUDENT_ADAPTERS:
+        raise XkdError(
+            f"student {spec!r} is a {config.model_type} model; the trainer supports Qwen2-Audio-style students "
+            "(audio tower + projector + causal LLM, like the organism) and Qwen2.5-Omni"
+        )
+    return adapter, adapter_class(adapter)
+
+
+def _text_vocab_size(config: Any) -> int:
+    config = getattr(config, "thinker_config", config)  # a whole Omni checkpoint: its thinker reads
+    return int(getattr(config, "text_config", config).vocab_size)
+
+
 def load_tokenizers(teacher: str, student: str) -> tuple[Any, Any, int]:
     """(teacher tokenizer, student processor, size of the student's output vocabulary), no weights loaded."""
-    from transformers import AutoConfig, AutoProcessor, AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer
 
     t_tok = AutoTokenizer.from_pretrained(model_source(teacher))
+    _, family = student_family(student)
     source = model_source(student)
-    config = AutoConfig.from_pretrained(source)
-    if config.model_type not in STUDENT_TYPES:
-        raise XkdError(
-            f"student {student!r} is a {config.model_type} model; the trainer supports Qwen2-Audio-style students "
-            "(audio tower + projector + causal LLM, like the organism)"
-        )
-    processor = AutoProcessor.from_pretrained(source)
+    processor = family.load_processor(source)
     if getattr(processor, "tokenizer", None) is None or getattr(processor, "feature_extractor", None) is None:
         raise XkdError(f"student {student!r} has no speech processor (tokenizer + feature extractor)")
-    return t_tok, processor, int(getattr(config, "text_config", config).vocab_size)
+    return t_tok, processor, _text_vocab_size(AutoConfig.from_pretrained(source))
+
+
+def special_tokens(*tokenizers: Any) -> set[str]:
+    """Every tokenizer's added and special tokens (chat markers, modality placeholders)."""
+    found: set[str] = set()
+    for tok in tokenizers:
+        found |= set(getattr(tok, "all_special_tokens", ()) or ())
+        found |= set((tok.get_added_vocab() if hasattr(tok, "get_added_vocab") else {}).keys())
+    return found
 
 
 def load_teacher_model(spec: str) -> Any:
@@ -427,9 +457,10 @@ def load_teacher_model(spec: str) -> Any:
 
 
 def load_student_model(spec: str) -> Any:
-    from transformers import Qwen2AudioForConditionalGeneration
-
-    return Qwen2AudioForConditionalGeneration.from_pretrained(model_source(spec), dtype=torch.float32).eval()
+    """The student as its evaluation adapter loads it (an Omni checkpoint: its thinker), float32, on CPU."""
+    _, family = student_family(spec)
+    model, _ = family.load(model_source(spec), revision=None, device="cpu", dtype="float32")
+    return model.eval()
 
 
 def _resolve_precision(value: str) -> str:
@@ -485,7 +516,7 @@ def distill(
     from xkd_eval.distill.kd_data import load_kd_examples, split_examples, spoken_examples, teacher_prompt
     from xkd_eval.distill.kd_data import teacher_targets as make_targets
     from xkd_eval.distill.teacher_cache import TeacherCache, fill_teacher_cache, teacher_identity
-    from xkd_eval.distill.train import TRAINING_FILE, export_adapter, render_prompt, train
+    from xkd_eval.distill.train import TRAINING_FILE, export_adapter, train
     from xkd_eval.io import atomic_write_text
 
     config = load_kd_config(config)
@@ -505,8 +536,10 @@ def distill(
 
     # tokenizers and the vocabulary check come first: refuse before any model is loaded or work is spent
     t_tok, processor, student_vocab_size = load_tokenizers(teacher, student)
+    adapter, family = student_family(student)
     s_tok = processor.tokenizer
-    shared = min(check_vocab_compatible(s_tok.get_vocab(), t_tok.get_vocab()), student_vocab_size)
+    shared = check_vocab_compatible(s_tok.get_vocab(), t_tok.get_vocab(), special_tokens=special_tokens(s_tok, t_tok))
+    shared = min(shared, student_vocab_size)
     examples = load_kd_examples(data, limit=config.data_limit, seed=config.seed)  # bad data: before any load
     t_model = load_teacher_model(teacher)
     shared = min(shared, t_model.get_output_embeddings().weight.shape[0])
@@ -541,9 +574,7 @@ def distill(
     def tokenize_text(example) -> KDItem:
         response = s_tok(example.response + eos, add_special_tokens=False)["input_ids"][: config.max_response_tokens]
         tt_text = processor.apply_chat_template(
-            [{"role": "user", "content": [{"type": "text", "text": example.instruction}]}],
-            tokenize=False,
-            add_generation_prompt=True,
+            family.conversation(example.instruction), tokenize=False, add_generation_prompt=True
         )
         tt = tt_cache.setdefault(tt_text, s_tok(tt_text)["input_ids"])
         tp = t_tok(teacher_prompt(t_tok, example.instruction))["input_ids"]
@@ -604,8 +635,11 @@ def distill(
         figures["speech_seconds"] = round(time.perf_counter() - started, 1)
         audio_token = getattr(processor, "audio_token", "<|AUDIO|>")
         audio_id = audio_token_id(s_model)
+        st_prompt = processor.apply_chat_template(
+            family.conversation(SPEECH_INSTRUCTION, "clip.wav"), tokenize=False, add_generation_prompt=True
+        )
         for item, audio, feat, n_audio in zip(train_items + eval_items, audios, feats, counts, strict=True):
-            st_text = expand_audio_tokens(render_prompt(processor, SPEECH_INSTRUCTION), [n_audio], audio_token)
+            st_text = expand_audio_tokens(st_prompt, [n_audio], audio_token)
             item.st_prompt = s_tok(st_text)["input_ids"]
             if sum(1 for t in item.st_prompt if t == audio_id) != n_audio:
                 raise XkdError(f"example {item.id}: audio tokens and features disagree")
@@ -671,7 +705,7 @@ def distill(
         "adapter_dir": str(out_dir / "adapter"),
         "adapter_files": {p.name: p.stat().st_size for p in written},
         "merged_student": str(merged) if merged else None,
-        "model_spec": f"qwen2-audio:{merged}" if merged else None,
+        "model_spec": f"{adapter}:{merged}" if merged else None,
         "config": run.to_dict(),
     }
     if accelerate.PartialState().is_main_process:

@@ -311,6 +311,7 @@ def check_vocab_compatible(
     teacher_vocab: Mapping[str, int],
     *,
     ignore_tokens: Collection[str] = (),
+    special_tokens: Collection[str] = (),
 ) -> int:
     """Check that token ids mean the same thing for student and teacher; return the shared size.
 
@@ -320,7 +321,12 @@ def check_vocab_compatible(
     tokens, appended after the text vocabulary) are allowed; ``ignore_tokens`` leaves named tokens
     out of the comparison (say, an audio placeholder that reuses a reserved id).
 
-    Returns the number of leading ids ``0 .. n−1`` both vocabularies define (pass it as
+    A disagreement between two ``special_tokens`` (added control tokens, not text) is allowed too: a
+    speech LLM's modality markers often take ids its base tokenizer gave to other control tokens
+    (Qwen2.5-Omni's ``<|AUDIO|>`` is Qwen2.5's ``<|object_ref_start|>``, id 151646). Responses are text,
+    so the comparison then stops below the first such id.
+
+    Returns the number of leading ids ``0 .. n−1`` both vocabularies define and agree on (pass it as
     ``shared_size`` to :func:`shared_vocab_logits`). Raises :class:`XkdError` saying how many ids and
     tokens differ, with examples, before any training step is spent on meaningless targets.
     """
@@ -332,6 +338,11 @@ def check_vocab_compatible(
     common_tokens = sorted((student_vocab.keys() & teacher_vocab.keys()) - ignored)
     moved = [tok for tok in common_tokens if student_vocab[tok] != teacher_vocab[tok]]
     moved.sort(key=lambda tok: teacher_vocab[tok])
+    special = set(special_tokens)
+    tolerated = [i for i in id_clash if s_by_id[i] in special and t_by_id[i] in special]
+    tolerated += [min(student_vocab[tok], teacher_vocab[tok]) for tok in moved if tok in special]
+    id_clash = [i for i in id_clash if not (s_by_id[i] in special and t_by_id[i] in special)]
+    moved = [tok for tok in moved if tok not in special]
 
     if id_clash or moved:
         lines = [
@@ -361,6 +372,7 @@ def check_vocab_compatible(
     n = 0
     while n in s_by_id and n in t_by_id:
         n += 1
+    n = min([n, *tolerated])
     if n == 0:
         raise XkdError("student and teacher vocabularies share no token ids starting at id 0")
     return n

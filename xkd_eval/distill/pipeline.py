@@ -55,7 +55,8 @@ def run_distillation(
     figures = distill(teacher, student, data, train_dir, kd_config, resume=resume)
     training = json.loads((train_dir / "training.json").read_text())
     atomic_write_text(out / "training.json", json.dumps(training | {"teacher": teacher, "student": student}, indent=2))
-    distilled = distilled_name or f"qwen2-audio:{(train_dir / 'student').resolve()}"
+    adapter = (training.get("model_spec") or "qwen2-audio:").split(":", 1)[0]
+    distilled = distilled_name or f"{adapter}:{(train_dir / 'student').resolve()}"
     if eval_tasks:
         measure(
             model=distilled,
@@ -63,7 +64,8 @@ def run_distillation(
             tasks=eval_tasks,
             arms=arms,
             config=eval_config.with_out(out / "after"),
-            model_options=None if distilled_name else {"encoder_cache": True},
+            # the encoder is frozen: the clips' encoder outputs from `before` serve `after` too
+            model_options={"encoder_cache": True} if not distilled_name and adapter == "qwen2-audio" else None,
         )
         from xkd_eval.distill.report import write_distill_report
 

@@ -238,9 +238,10 @@ def trainable_parameters(module: Any) -> dict[str, Any]:
 
 def make_optimizer(module: Any, config: AdaptConfig):
     groups: dict[tuple[float, float], list] = {}
-    for name, param in trainable_parameters(module).items():
+    bridge = {id(p) for p in projector(getattr(module, "model", module)).parameters()}  # module: a loss wrapper
+    for param in trainable_parameters(module).values():
         lr = config.learning_rate
-        if "multi_modal_projector" in name and config.projector_learning_rate is not None:
+        if id(param) in bridge and config.projector_learning_rate is not None:
             lr = config.projector_learning_rate
         decay = config.weight_decay if param.ndim >= 2 else 0.0
         groups.setdefault((lr, decay), []).append(param)

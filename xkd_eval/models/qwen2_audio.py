@@ -31,10 +31,28 @@ class ProcessorSpeechAdapter(HFChatAdapter):
     def load(cls, model_id: str, *, revision: str | None, device: str, dtype: str | None):
         import transformers
 
-        processor = transformers.AutoProcessor.from_pretrained(model_id, revision=revision)
+        processor = cls.load_processor(model_id, revision=revision)
         model_class = getattr(transformers, cls.model_class)
         model = model_class.from_pretrained(model_id, revision=revision, dtype=pick_dtype(device, dtype))
         return model.to(device), processor
+
+    @classmethod
+    def load_processor(cls, model_id: str, *, revision: str | None = None):
+        """The family's processor alone (tokenizer, chat template, feature extractor), no weights."""
+        import transformers
+
+        return transformers.AutoProcessor.from_pretrained(model_id, revision=revision)
+
+    @classmethod
+    def conversation(cls, text: str, audio_name: str | None = None) -> list[dict[str, Any]]:
+        """The chat turns of one query, as this family's evaluation sends them: the system turn where the
+        family has one, then the audio part (when ``audio_name`` is given) and the text."""
+        content: list[dict[str, Any]] = [{"type": "audio", cls.audio_key: audio_name}] if audio_name else []
+        content.append({"type": "text", "text": text})
+        turns: list[dict[str, Any]] = []
+        if cls.system_prompt:
+            turns.append({"role": "system", "content": [{"type": "text", "text": cls.system_prompt}]})
+        return [*turns, {"role": "user", "content": content}]
 
     @property
     def tokenizer(self):
@@ -44,12 +62,10 @@ class ProcessorSpeechAdapter(HFChatAdapter):
         return {"type": "audio", self.audio_key: f"{query.item_id}.wav"}
 
     def messages(self, query: Query) -> list[dict[str, Any]]:
-        content: list[dict[str, Any]] = [self.audio_part(query)] if query.audio is not None else []
-        content.append({"type": "text", "text": query.text})
-        turns: list[dict[str, Any]] = []
-        if self.system_prompt:
-            turns.append({"role": "system", "content": [{"type": "text", "text": self.system_prompt}]})
-        return [*turns, {"role": "user", "content": content}]
+        turns = self.conversation(query.text)
+        if query.audio is not None:
+            turns[-1]["content"].insert(0, self.audio_part(query))
+        return turns
 
     @staticmethod
     def audios_of(queries: Sequence[Query]) -> list[Any]:

@@ -48,6 +48,12 @@ class OmniAudioTextProcessor:
     def apply_chat_template(self, conversation: list[dict[str, Any]], **kwargs: Any) -> Any:
         return self.tokenizer.apply_chat_template(conversation, chat_template=self.chat_template, **kwargs)
 
+    def save_pretrained(self, save_dir: str) -> None:
+        """The tokenizer (with the chat template) and the feature extractor: what ``from_pretrained`` reads."""
+        self.tokenizer.chat_template = self.chat_template
+        self.tokenizer.save_pretrained(save_dir)
+        self.feature_extractor.save_pretrained(save_dir)
+
     def __call__(
         self,
         text: list[str],
@@ -105,8 +111,8 @@ class QwenOmniThinkerAdapter(ProcessorSpeechAdapter):
             model.generation_config.eos_token_id = processor.tokenizer.eos_token_id
         return model.to(device), processor
 
-    @staticmethod
-    def load_processor(model_id: str, *, revision: str | None = None):
+    @classmethod
+    def load_processor(cls, model_id: str, *, revision: str | None = None):
         if importlib.util.find_spec("torchvision") is not None:
             from transformers import Qwen2_5OmniProcessor
 

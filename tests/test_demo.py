@@ -80,6 +80,8 @@ def test_demo_distillation_stage_on_tiny_models(tiny_text, tiny_slm, mcq_task, t
     assert after["model"] == "organism-distilled"
     training = json.loads((out / "training.json").read_text())
     assert training["steps"] == 2 and training["teacher"] == "organism-base" and set(training["curves"]) >= {"tt_kd"}
+    assert training["distilled_model"] == "organism-distilled"
+    assert str(tmp_path / "cache") not in (out / "training.json").read_text()  # no machine's paths in the report
     report = (out / "report.md").read_text()
     assert "forgetting" in report and "gap" in report
     assert not (out / "before" / "shards").exists() and (tmp_path / "cache" / "demo-distill" / "student").is_dir()

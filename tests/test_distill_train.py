@@ -24,6 +24,7 @@ from xkd_eval.distill.data import (  # noqa: E402
     heldout_mcq_records,
     read_examples_jsonl,
     write_examples_jsonl,
+    write_heldout_mcq_task,
 )
 from xkd_eval.distill.features import (  # noqa: E402
     CacheStats,
@@ -258,6 +259,24 @@ def test_generated_examples_are_seeded_and_held_out():
     trained = {e.spoken_text for e in first}
     assert len(heldout) == 40 and not any(r["spoken_text"] in trained for r in heldout)
     assert all(r["choices"]["ABCD".index(r["reference"])] in r["spoken_text"] for r in heldout)
+
+
+def test_heldout_mcq_task_is_spoken_and_loads_as_a_jsonl_task(tmp_path):
+    """The in-domain speech test: synthesised (real espeak-ng), written next to its audio, read back by the
+    task registry with every item's audio and letter reference intact."""
+    from xkd_eval.audio import load_audio
+    from xkd_eval.tasks import get_task
+
+    path = write_heldout_mcq_task(tmp_path / "heldout", n=4, voices=["espeak-ng:en-us"], progress=False)
+    loaded = get_task(f"jsonl:{path}").load()
+    assert not loaded.problems and [i.id for i in loaded.items] == [f"heldout-mcq-00{k}" for k in range(1, 5)]
+    for item, record in zip(loaded.items, heldout_mcq_records(4), strict=True):
+        assert item.prompt == record["prompt"] and item.reference == record["reference"]
+        assert item.metadata["spoken_text"] == record["spoken_text"] and item.metadata["voice"] == "espeak-ng:en-us"
+        assert f"{item.reference}, {item.choices['ABCD'.index(item.reference)]}" in record["spoken_text"]
+        samples = load_audio(item)
+        assert samples.ndim == 1 and samples.size > 16_000 * 0.5  # a spoken question, 16 kHz mono
+    assert all(not Path(r["audio"]).is_absolute() for r in map(json.loads, path.read_text().splitlines()))
 
 
 # the data the committed organism adapter was trained on (its recipe's 1000 examples): a change of the

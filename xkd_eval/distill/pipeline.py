@@ -54,9 +54,13 @@ def run_distillation(
     train_dir = Path(train_dir) if train_dir else out / "train"
     figures = distill(teacher, student, data, train_dir, kd_config, resume=resume)
     training = json.loads((train_dir / "training.json").read_text())
-    atomic_write_text(out / "training.json", json.dumps(training | {"teacher": teacher, "student": student}, indent=2))
     adapter = (training.get("model_spec") or "qwen2-audio:").split(":", 1)[0]
     distilled = distilled_name or f"{adapter}:{(train_dir / 'student').resolve()}"
+    record = training | {"teacher": teacher, "student": student, "distilled_model": distilled}
+    if distilled_name:  # the weights sit in this machine's cache, found by the name: no paths in the report
+        for key in ("adapter_dir", "merged_student", "model_spec"):
+            record.pop(key, None)
+    atomic_write_text(out / "training.json", json.dumps(record, indent=2))
     if eval_tasks:
         measure(
             model=distilled,

@@ -266,6 +266,33 @@ def test_kd_data_sources_split_and_organism_set(tmp_path, monkeypatch):
     assert held_a == held_b and len(held_a) == round(len(examples) * 0.1) and not set(train_a) & set(held_a)
 
 
+def test_hub_data_loads_through_datasets_from_a_folder_in_the_hub_layout(tmp_path, monkeypatch):
+    """``hub:NAME`` is ``datasets.load_dataset(NAME)``; here NAME is a folder laid out as Open-Orca/OpenOrca is
+    on the hub (parquet files at the top: id, system_prompt, question, response)."""
+    import pandas as pd
+
+    from xkd_eval.builtin import records
+    from xkd_eval.distill.kd_data import load_kd_examples
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    folder = tmp_path / "OpenOrca"
+    folder.mkdir()
+    benchmark_item = records("qa")[0]["prompt"]
+    rows = [
+        {"id": f"niv.{i}", "system_prompt": "", "question": f"Name a fruit number {i}.", "response": f"Fruit {i}."}
+        for i in range(8)
+    ]
+    rows[5]["question"] = benchmark_item  # a built-in benchmark item is never training data
+    pd.DataFrame(rows[:5]).to_parquet(folder / "1M-GPT4-Augmented.parquet")
+    pd.DataFrame(rows[5:]).to_parquet(folder / "3_5M-GPT3_5-Augmented.parquet")
+    everything = load_kd_examples(f"hub:{folder}")
+    assert len(everything) == 7 and benchmark_item not in {e.instruction for e in everything}
+    assert {e.instruction: e.response for e in everything}["Name a fruit number 7."] == "Fruit 7."
+    sample = load_kd_examples(f"hub:{folder}", limit=4, seed=1)
+    assert sample == load_kd_examples(f"hub:{folder}", limit=4, seed=1) and len(sample) <= 4
+    assert sample != load_kd_examples(f"hub:{folder}", limit=4, seed=2)
+
+
 def test_encoder_on_the_fly_matches_cached_features(pair, data, tmp_path):
     cached = run(pair, data, tmp_path / "c", cfg(max_steps=2))["curves"]["loss"]
     live = run(pair, data, tmp_path / "l", cfg(max_steps=2, feature_mode="on_the_fly"))

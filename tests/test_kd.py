@@ -188,6 +188,10 @@ def test_interrupt_then_resume_reproduces_the_uninterrupted_curve(pair, data, tm
     resumed = run(pair, data, tmp_path / "b", cfg(checkpoint_every=100), resume=True)
     assert resumed["resumed_from"] == 3
     assert resumed["curves"]["loss"] == straight  # identical per-step losses
+    # resuming a finished run trains nothing and keeps the record of the run that trained
+    record = (tmp_path / "b" / "training.json").read_text()
+    again = run(pair, data, tmp_path / "b", cfg(checkpoint_every=100), resume=True)
+    assert again == resumed and (tmp_path / "b" / "training.json").read_text() == record
 
 
 def test_nan_stops_naming_the_step_and_keeps_the_last_good_checkpoint(pair, data, tmp_path):

@@ -482,6 +482,25 @@ def _run_config(config: KDConfig, n_train: int, world: int = 1) -> KDConfig:
     )
 
 
+def _record_of_finished_run(out_dir: Path, run: KDConfig, result: Any) -> dict[str, Any] | None:
+    """The training.json of the run that trained this folder's weights, when this call resumed at its last
+    step and trained nothing: its figures (wall time, the targets and caches it filled) stay the record, and
+    its exported weights stay as they are."""
+    from xkd_eval.distill.train import TRAINING_FILE
+
+    record_file = out_dir / TRAINING_FILE
+    if result.resumed_from is None or result.resumed_from != result.steps or not record_file.is_file():
+        return None
+    try:
+        record = json.loads(record_file.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    exported = (out_dir / "adapter").is_dir() and (not run.save_merged or (out_dir / "student").is_dir())
+    if record.get("steps") != result.steps or record.get("config") != run.to_dict() or not exported:
+        return None
+    return record
+
+
 # ---------------------------------------------------------------------------------------------- entry point
 
 
@@ -677,6 +696,10 @@ def distill(
 
     model.eval()
     main = accelerate.PartialState().is_main_process
+    kept = _record_of_finished_run(out_dir, run, result)
+    if kept is not None:
+        say(f"the training in {out_dir} was already complete ({result.steps} steps): keeping its record")
+        return kept
     written = export_adapter(model, run, out_dir / "adapter") if main else []
     merged = None
     if run.save_merged and main:

@@ -458,3 +458,10 @@ def test_bad_kd_data_is_refused_before_any_model_loads(pair, tmp_path, monkeypat
     bad.write_text('{"instruction": "hi", "response": "hello"}\n{"instruction": broken\n')
     with pytest.raises(XkdError, match=r"kd.jsonl:2: not valid JSON"):
         run(pair, bad, tmp_path / "out", cfg())
+
+
+def test_omni_encoder_on_the_fly_matches_cached_features(omni_pair, data, tmp_path):
+    cached = run(omni_pair, data, tmp_path / "c", cfg(max_steps=2))["curves"]["loss"]
+    live = run(omni_pair, data, tmp_path / "l", cfg(max_steps=2, feature_mode="on_the_fly"))
+    assert "features_computed" not in live
+    assert [round(v, 4) for _, v in cached] == [round(v, 4) for _, v in live["curves"]["loss"]]

@@ -267,7 +267,10 @@ class Channels(str, Enum):
 def distill(
     out: OutOpt,
     teacher: Annotated[str | None, typer.Option(help="The text LLM teacher (default: the recipe's).")] = None,
-    student: Annotated[str | None, typer.Option(help="The speech LLM student (default: the recipe's).")] = None,
+    student: Annotated[
+        str | None,
+        typer.Option(help="The speech LLM student, Qwen2-Audio-style or Qwen2.5-Omni (default: the recipe's)."),
+    ] = None,
     data: Annotated[
         str | None, typer.Option(help="JSONL of instructions (and responses), or hub:Open-Orca/OpenOrca.")
     ] = None,

@@ -450,17 +450,29 @@ def special_tokens(*tokenizers: Any) -> set[str]:
     return found
 
 
+def compute_device() -> torch.device:
+    """This process's accelerator (its own GPU under data parallelism), else the CPU."""
+    import accelerate
+
+    return accelerate.PartialState().device
+
+
 def load_teacher_model(spec: str) -> Any:
+    """The frozen teacher on this process's device: bfloat16 on a GPU that has it (it only infers), else float32."""
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(model_source(spec), dtype=torch.float32).eval()
+    device = compute_device()
+    bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    model = AutoModelForCausalLM.from_pretrained(model_source(spec), dtype=torch.bfloat16 if bf16 else torch.float32)
+    return model.to(device).eval()
 
 
 def load_student_model(spec: str) -> Any:
-    """The student as its evaluation adapter loads it (an Omni checkpoint: its thinker), float32, on CPU."""
+    """The student as its evaluation adapter loads it (an Omni checkpoint: its thinker), float32 master weights,
+    on this process's device (so the audio encoder fills the feature cache there too)."""
     _, family = student_family(spec)
     model, _ = family.load(model_source(spec), revision=None, device="cpu", dtype="float32")
-    return model.eval()
+    return model.to(compute_device()).eval()
 
 
 def _resolve_precision(value: str) -> str:
@@ -622,6 +634,8 @@ def distill(
         figures["teacher_cache"] = {**cache.stats, "seconds": round(time.perf_counter() - started, 1)}
         del t_model
         gc.collect()  # unloaded before the student loads: the two are never resident together
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()  # and its GPU memory goes back to the student
     else:
         resident = t_model
 

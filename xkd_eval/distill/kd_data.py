@@ -198,6 +198,7 @@ def teacher_targets(
                     chunk = todo[start : start + batch_size]
                     prompts = [teacher_prompt(tokenizer, text) for text in chunk]
                     enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+                    enc = enc.to(next(model.parameters()).device)
                     with torch.no_grad():
                         out = model.generate(
                             **enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad, num_beams=1

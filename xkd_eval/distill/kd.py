@@ -318,7 +318,8 @@ class KDLoss(torch.nn.Module):
         from xkd_eval.distill.features import build_inputs_embeds, unwrap
 
         base = unwrap(self.model)
-        ids, attention, resp = batch.channels[name]
+        device = base.lm_head.weight.device  # batches are collated on the CPU
+        ids, attention, resp = (t.to(device) for t in batch.channels[name])
         # T→T is text only: the audio tower and the projector are never touched
         if name == "st":
             embeds = build_inputs_embeds(base, ids, self.audio_features(batch))

@@ -188,6 +188,8 @@ class ResponseLoss(torch.nn.Module):
 
     def forward(self, input_ids, attention_mask, labels, features):
         base = unwrap(self.model)
+        device = base.lm_head.weight.device  # batches are collated on the CPU
+        input_ids, attention_mask, labels = input_ids.to(device), attention_mask.to(device), labels.to(device)
         embeds = build_inputs_embeds(base, input_ids, features)
         hidden = base.model.language_model(
             inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False

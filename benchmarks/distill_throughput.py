@@ -6,6 +6,7 @@
 (b) the naive way, as a GKD-style trainer runs a speech student: the teacher resident and run every
     step, and the student's frozen audio encoder run on every step's clips;
 (b_teacher) only the teacher on the fly (encoder outputs cached), to split (b)'s cost in two;
+(a_gc) (a) with gradient checkpointing: the LLM's layers recomputed in the backward pass, for memory;
 (c) TRL's ``GKDTrainer`` on the T→T channel (teacher resident, lmbda=0: no on-policy generation), when
     ``trl`` imports (``pip install --target DIR trl`` and ``XKD_TRL_PATH=DIR`` keep it out of the venv).
 
@@ -87,6 +88,7 @@ def kd_config(mode: str, steps: int, batch: int):
         teacher_mode="on_the_fly" if mode in ("on_the_fly", "teacher_on_the_fly") else "cached",
         feature_mode="on_the_fly" if mode == "on_the_fly" else "cached",
         st_weight=0.0 if mode == "cached_tt" else 1.0,
+        gradient_checkpointing=mode == "cached_gc",
     )
 
 
@@ -218,7 +220,7 @@ def main() -> None:
     print("prepare", json.dumps(results["prepare"]), flush=True)
     # the modes interleaved, each ``repeats`` times; the fastest run of each counts (shared CPUs are noisy)
     for round_ in range(args.repeats):
-        for mode in ("cached", "on_the_fly", "teacher_on_the_fly", "cached_tt", "trl"):
+        for mode in ("cached", "on_the_fly", "teacher_on_the_fly", "cached_gc", "cached_tt", "trl"):
             if round_ and "error" in results.get(mode, {}):
                 continue
             got = spawn(mode, work, args.steps, args.batch_size)
@@ -244,6 +246,8 @@ def main() -> None:
         "peak_rss_mb_cached": results["cached"].get("peak_rss_mb"),
         "peak_rss_mb_on_the_fly": results["on_the_fly"].get("peak_rss_mb"),
         "peak_rss_mb_teacher_on_the_fly": results["teacher_on_the_fly"].get("peak_rss_mb"),
+        "tokens_per_s_cached_gradient_checkpointing": rate("cached_gc"),
+        "peak_rss_mb_cached_gradient_checkpointing": results["cached_gc"].get("peak_rss_mb"),
         "teacher_cache_fill_s": (results["prepare"].get("teacher_cache") or {}).get("seconds"),
         "tokens_per_s_cached_tt_only": rate("cached_tt"),
         "pair": args.pair,

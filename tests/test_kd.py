@@ -88,6 +88,7 @@ def test_config_validation_and_recipes():
     assert (organism.top_k, organism.targets, organism.lam, organism.temperature) == (64, "teacher", 0.5, 2.0)
     paper = load_kd_config(ROOT / "distill" / "qwen2.5-omni-7b.yaml")
     assert paper.learning_rate == 5e-6 and paper.epochs == 2 and paper.mixed_precision == "bf16"
+    assert paper.gradient_checkpointing and not organism.gradient_checkpointing
 
 
 def test_a_different_vocabulary_is_refused_before_any_model_loads(pair, data, tmp_path, monkeypatch):
@@ -295,6 +296,34 @@ def test_hub_data_loads_through_datasets_from_a_folder_in_the_hub_layout(tmp_pat
     sample = load_kd_examples(f"hub:{folder}", limit=4, seed=1)
     assert sample == load_kd_examples(f"hub:{folder}", limit=4, seed=1) and len(sample) <= 4
     assert sample != load_kd_examples(f"hub:{folder}", limit=4, seed=2)
+
+
+def test_gradient_checkpointing_recomputes_layers_on_the_same_curve(pair, data, tmp_path, monkeypatch):
+    """With checkpointing, each LLM layer runs again in the backward pass (twice the forward calls of a plain
+    run) and the loss curve is the same."""
+    import xkd_eval.distill.kd as kd
+
+    load_student_model = kd.load_student_model
+    calls = {"n": 0}
+
+    def counting(spec):
+        model = load_student_model(spec)
+        mlp = model.model.language_model.layers[0].mlp
+        forward = mlp.forward
+
+        def counted(*args, **kwargs):  # (forward hooks do not fire again when a layer is recomputed)
+            calls["n"] += 1
+            return forward(*args, **kwargs)
+
+        mlp.forward = counted
+        return model
+
+    monkeypatch.setattr(kd, "load_student_model", counting)
+    plain = run(pair, data, tmp_path / "p", cfg(max_steps=3, eval_fraction=0.0))
+    plain_calls, calls["n"] = calls["n"], 0
+    again = run(pair, data, tmp_path / "g", cfg(max_steps=3, eval_fraction=0.0, gradient_checkpointing=True))
+    assert plain_calls == 3 * 2 and calls["n"] == 2 * plain_calls  # 3 steps x 2 channels, then recomputed
+    assert [round(v, 5) for _, v in again["curves"]["loss"]] == [round(v, 5) for _, v in plain["curves"]["loss"]]
 
 
 def test_encoder_on_the_fly_matches_cached_features(pair, data, tmp_path):

@@ -213,6 +213,9 @@ def setup_trainable(model: Any, config: Any) -> Any:
     the whole LLM, as ``config`` (an AdaptConfig or a KDConfig) says. Returns the model to train (a
     ``PeftModel`` when LoRA is on)."""
     model.requires_grad_(False)
+    if getattr(config, "gradient_checkpointing", False):
+        # non-reentrant: gradients reach LoRA weights and the projector although the layers' inputs are frozen
+        unwrap(model).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if config.uses_lora:
         from peft import LoraConfig, get_peft_model
 

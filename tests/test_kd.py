@@ -130,6 +130,13 @@ def test_teacher_cache_top_k_matches_full(pair, data, tmp_path):
     again = TeacherCache(tmp_path, ident, 8, vocab)
     fill_teacher_cache(again, model, prompts, responses, pad_id=0)
     assert again.stats == {"computed": 0, "reused": 2, "bytes": 0}  # read back from disk
+    import shutil
+
+    moved = shutil.copytree(pair[0], tmp_path / "elsewhere")  # the same teacher in another folder: same identity
+    assert teacher_identity(AutoModelForCausalLM.from_pretrained(moved).eval()) == ident
+    with torch.no_grad():
+        model.get_input_embeddings().weight[0, 0] += 1.0
+    assert teacher_identity(model) != ident
     for f, t, r in zip(full, topk, responses, strict=True):
         assert f.shape == (len(r), vocab) and f.dtype == torch.float16 and t.values.dtype == torch.float16
         assert torch.equal(t.values, torch.topk(f.float(), 8).values.half())

@@ -25,10 +25,15 @@ FORMAT = "xkd-teacher-logits-1"
 
 
 def teacher_identity(model: Any) -> str:
-    """A content hash of the teacher: its config and a sample of its weights (embeddings, final norm)."""
+    """A content hash of the teacher: its config and a sample of its weights (embeddings, final norm). Not
+    where it was loaded from: the same teacher in another folder (another machine's cache) reuses the cache."""
     h = hashlib.sha256()
     config = getattr(model, "config", None)
-    h.update((config.to_json_string(use_diff=False) if config is not None else type(model).__name__).encode())
+    if config is not None:
+        settings = {k: v for k, v in config.to_dict().items() if k != "_name_or_path"}
+        h.update(json.dumps(settings, sort_keys=True, default=str).encode())
+    else:
+        h.update(type(model).__name__.encode())
     with torch.no_grad():
         emb = model.get_input_embeddings().weight
         h.update(emb.detach().flatten()[:65536].float().cpu().numpy().tobytes())

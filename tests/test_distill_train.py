@@ -126,6 +126,18 @@ def test_cached_features_reproduce_the_models_forward(tiny_dir, clips, tmp_path)
         torch.testing.assert_close(mine, reference, atol=1e-4, rtol=0)
 
 
+def test_trimmed_features_do_not_depend_on_the_batch(tiny_dir, clips):
+    """A clip encoded with a longer one beside it gets the very same features as alone: a cache filled in
+    any order trains the same student."""
+    from xkd_eval.distill.features import audio_tower, encode_mels, mel_features
+
+    model, processor = load_tiny(tiny_dir)
+    short, long = clips[0], tone(3.1, seed=5)
+    alone = encode_mels(audio_tower(model), *mel_features(processor.feature_extractor, [short]))
+    beside = encode_mels(audio_tower(model), *mel_features(processor.feature_extractor, [long, short]))
+    assert torch.equal(alone[0], beside[1]) and not alone[0].is_inference()
+
+
 def test_feature_cache_is_keyed_by_encoder(tiny_dir, clips, tmp_path):
     model, processor = load_tiny(tiny_dir)
     first = FeatureCache.for_model(model, processor.feature_extractor, tmp_path)

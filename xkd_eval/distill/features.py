@@ -21,7 +21,10 @@ the feature extractor's settings, so another encoder (or another mel front end) 
 frames instead of the full 30 s window: the masked padding cannot reach the valid frames through
 attention, and the margin gives the convolutions at the clip's end the same neighbours, so the result
 is the same up to float rounding (checked against the model's own forward in the tests) at a fraction
-of the cost (a 3 s clip: about a tenth). ``window="full"`` runs the tower exactly as the model does.
+of the cost (a 3 s clip: about a tenth). Trimmed clips are encoded one at a time: a clip's features
+then never depend on which clips shared its batch (batched, the padding to the longest clip moved
+them by float rounding, and a fresh cache trained a slightly different student), and without that
+padding it is no slower. ``window="full"`` runs the tower exactly as the model does.
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ if TYPE_CHECKING:
 SAMPLE_RATE = 16_000
 WINDOWS = ("trim", "full")
 TRIM_MARGIN = 8  # padded mel frames kept after the clip's own (the convolutions look 2 frames ahead)
-FORMAT_VERSION = "qwen2-audio-tower-valid-frames-v1"
+FORMAT_VERSION = "qwen2-audio-tower-valid-frames-v2-per-clip"
 OMNI_FORMAT = "qwen2.5-omni-tower-ln-post-v1"
 
 
@@ -185,19 +188,31 @@ def encode_mels(
         if window == "full":
             mask = _bidirectional_mask(tower, conv_valid, (full - 2) // 2 + 1, dtype)
             hidden = tower(input_features.to(device, dtype), attention_mask=mask).last_hidden_state
+            rows = [hidden[i] for i in range(len(counts))]
         else:
-            # the clip's frames plus a margin of padding, rounded up to a multiple of 4 (two stride-2 steps)
-            keep = min(full, -(-(int(mel_frames.max()) + TRIM_MARGIN) // 4) * 4)
-            x = input_features[..., :keep].to(device, dtype)
-            x = torch.nn.functional.gelu(tower.conv1(x))
-            x = torch.nn.functional.gelu(tower.conv2(x)).permute(0, 2, 1)
-            hidden = x + tower.embed_positions.weight[: x.shape[1]]
-            mask = _bidirectional_mask(tower, conv_valid, x.shape[1], dtype)
-            for layer in tower.layers:
-                hidden = layer(hidden, mask)
-            hidden = tower.avg_pooler(hidden.permute(0, 2, 1)).permute(0, 2, 1)
-            hidden = tower.layer_norm(hidden)
-    return [hidden[i, :n].float().cpu().clone() for i, n in enumerate(counts)]
+            rows = [
+                _encode_trimmed(tower, input_features[i : i + 1], int(mel_frames[i]), conv_valid[i : i + 1])[0]
+                for i in range(len(counts))
+            ]
+    # cloned outside inference mode: plain tensors, which a trained projector can take as input
+    return [row[:n].float().cpu().clone() for row, n in zip(rows, counts, strict=True)]
+
+
+def _encode_trimmed(tower: Any, input_features: torch.Tensor, frames: int, conv_valid: torch.Tensor) -> torch.Tensor:
+    """One clip's pooled frames from its own ``frames`` log-mel frames plus a margin of padding (rounded up
+    to a multiple of 4: two stride-2 steps)."""
+    import torch
+
+    keep = min(input_features.shape[-1], -(-(frames + TRIM_MARGIN) // 4) * 4)
+    x = input_features[..., :keep].to(tower.conv1.weight.device, tower.conv1.weight.dtype)
+    x = torch.nn.functional.gelu(tower.conv1(x))
+    x = torch.nn.functional.gelu(tower.conv2(x)).permute(0, 2, 1)
+    hidden = x + tower.embed_positions.weight[: x.shape[1]]
+    mask = _bidirectional_mask(tower, conv_valid, x.shape[1], x.dtype)
+    for layer in tower.layers:
+        hidden = layer(hidden, mask)
+    hidden = tower.avg_pooler(hidden.permute(0, 2, 1)).permute(0, 2, 1)
+    return tower.layer_norm(hidden)
 
 
 def _encode_omni(tower: Any, input_features: torch.Tensor, mel_frames: torch.Tensor) -> list[torch.Tensor]:

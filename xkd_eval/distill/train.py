@@ -84,14 +84,12 @@ class TrainExample:
     features: torch.Tensor  # [n_audio_tokens, d_model]
 
 
-def user_messages(instruction: str) -> list[dict[str, Any]]:
-    """The user turn, as the ``qwen2-audio`` evaluation adapter builds it for the speech arm."""
-    content = [{"type": "audio", "audio_url": "clip.wav"}, {"type": "text", "text": instruction}]
-    return [{"role": "user", "content": content}]
-
-
 def render_prompt(processor: Any, instruction: str) -> str:
-    return processor.apply_chat_template(user_messages(instruction), tokenize=False, add_generation_prompt=True)
+    """The speech arm's prompt (a clip, then ``instruction``) as the ``qwen2-audio`` evaluation adapter renders it."""
+    from xkd_eval.models.qwen2_audio import Qwen2AudioAdapter
+
+    turns = Qwen2AudioAdapter.conversation(instruction, "clip.wav")
+    return processor.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
 
 
 def tokenize_example(processor: Any, example: SpokenExample, features: torch.Tensor) -> TrainExample:

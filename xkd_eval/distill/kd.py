@@ -475,8 +475,7 @@ def load_student_model(spec: str) -> Any:
     """The student as its evaluation adapter loads it (an Omni checkpoint: its thinker), float32 master weights,
     on this process's device (so the audio encoder fills the feature cache there too)."""
     _, family = student_family(spec)
-    model, _ = family.load(model_source(spec), revision=None, device="cpu", dtype="float32")
-    return model.to(compute_device()).eval()
+    return family.load_weights(model_source(spec), revision=None, device=str(compute_device()), dtype="float32").eval()
 
 
 def _resolve_precision(value: str) -> str:

@@ -29,12 +29,16 @@ class ProcessorSpeechAdapter(HFChatAdapter):
 
     @classmethod
     def load(cls, model_id: str, *, revision: str | None, device: str, dtype: str | None):
+        processor = cls.load_processor(model_id, revision=revision)
+        return cls.load_weights(model_id, revision=revision, device=device, dtype=dtype), processor
+
+    @classmethod
+    def load_weights(cls, model_id: str, *, revision: str | None, device: str, dtype: str | None):
+        """The model alone, on ``device`` (what training needs; ``load`` adds the processor)."""
         import transformers
 
-        processor = cls.load_processor(model_id, revision=revision)
         model_class = getattr(transformers, cls.model_class)
-        model = model_class.from_pretrained(model_id, revision=revision, dtype=pick_dtype(device, dtype))
-        return model.to(device), processor
+        return model_class.from_pretrained(model_id, revision=revision, dtype=pick_dtype(device, dtype)).to(device)
 
     @classmethod
     def load_processor(cls, model_id: str, *, revision: str | None = None):

@@ -99,17 +99,21 @@ class QwenOmniThinkerAdapter(ProcessorSpeechAdapter):
 
     @classmethod
     def load(cls, model_id: str, *, revision: str | None, device: str, dtype: str | None):
+        model = cls.load_weights(model_id, revision=revision, device=device, dtype=dtype)
+        processor = cls.load_processor(model_id, revision=revision)
+        if model.generation_config.eos_token_id is None:
+            model.generation_config.eos_token_id = processor.tokenizer.eos_token_id
+        return model, processor
+
+    @classmethod
+    def load_weights(cls, model_id: str, *, revision: str | None, device: str, dtype: str | None):
         from transformers import AutoConfig, Qwen2_5OmniThinkerForConditionalGeneration
 
         config = AutoConfig.from_pretrained(model_id, revision=revision)
         options: dict[str, Any] = {"revision": revision, "dtype": pick_dtype(device, dtype)}
         if config.model_type == "qwen2_5_omni":  # the whole model: its thinker's config and weights only
             options |= {"config": config.thinker_config, "key_mapping": {r"^thinker\.": ""}}
-        model = Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(model_id, **options)
-        processor = cls.load_processor(model_id, revision=revision)
-        if model.generation_config.eos_token_id is None:
-            model.generation_config.eos_token_id = processor.tokenizer.eos_token_id
-        return model.to(device), processor
+        return Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(model_id, **options).to(device)
 
     @classmethod
     def load_processor(cls, model_id: str, *, revision: str | None = None):

@@ -21,7 +21,7 @@ from tiny_models import build_qwen2_audio, build_text_model  # noqa: E402
 from xkd_eval.distill.config import ConfigError  # noqa: E402
 from xkd_eval.distill.kd import KDConfig, KDLoss, distill, load_kd_config  # noqa: E402
 from xkd_eval.distill.losses import TopK, divergence  # noqa: E402
-from xkd_eval.distill.train import TrainingDivergedError, checkpoint_dirs  # noqa: E402
+from xkd_eval.distill.train import TrainingDataChangedError, TrainingDivergedError, checkpoint_dirs  # noqa: E402
 from xkd_eval.errors import XkdError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -200,6 +200,15 @@ def test_interrupt_then_resume_reproduces_the_uninterrupted_curve(pair, data, tm
     record = (tmp_path / "b" / "training.json").read_text()
     again = run(pair, data, tmp_path / "b", cfg(checkpoint_every=100), resume=True)
     assert again == resumed and (tmp_path / "b" / "training.json").read_text() == record
+    # the same recipe on re-synthesised audio (one clip's samples differ) is other training data
+    import shutil
+
+    import soundfile as sf
+
+    shutil.copytree(data.parent, tmp_path / "data2")
+    sf.write(tmp_path / "data2" / "clip3.wav", tone(0.45, freq=330.0, seed=42), 16_000)
+    with pytest.raises(TrainingDataChangedError, match="other training data.*new output folder"):
+        run(pair, tmp_path / "data2" / data.name, tmp_path / "b", cfg(checkpoint_every=100), resume=True)
 
 
 def test_nan_stops_naming_the_step_and_keeps_the_last_good_checkpoint(pair, data, tmp_path):

@@ -44,6 +44,28 @@ def test_batched_equals_per_item_and_reruns_hit_the_cache(tiny_slm, mcq_task, tm
     assert sum(calls) == 9
 
 
+def test_changed_audio_is_answered_again(tiny_slm, mcq_task, tmp_path):
+    import shutil
+
+    import soundfile as sf
+    from conftest import tone
+
+    task = tmp_path / "task"
+    shutil.copytree(mcq_task.parent, task)
+    [run] = prepare_tasks([f"jsonl:{task / mcq_task.name}"], config(tmp_path))
+    model = load_model(str(tiny_slm))
+    run_arm(model, "slm", "slm_speech", run, config(tmp_path / "out", batch_size=4))
+    # the rendered speech prompt is the same whatever the clip holds: only the samples tell them apart
+    sf.write(task / "audio" / "3.wav", tone(1.1, rate=16_000, seed=99), 16_000)
+    sf.write(task / "audio" / "5.wav", tone(0.3 + 0.25 * 5, rate=16_000, seed=5), 16_000)  # the same samples
+    asked = []
+    original = model.generate
+    model.generate = lambda queries, settings: asked.extend(q.item_id for q in queries) or original(queries, settings)
+    [run] = prepare_tasks([f"jsonl:{task / mcq_task.name}"], config(tmp_path))
+    run_arm(model, "slm", "slm_speech", run, config(tmp_path / "out", batch_size=4))
+    assert asked == ["q3"]
+
+
 def test_text_arm_and_mcq_modes(tiny_text, mcq_task, tmp_path):
     model = load_model(str(tiny_text))
     [run] = prepare_tasks([f"jsonl:{mcq_task}"], config(tmp_path))

@@ -67,11 +67,22 @@ def distill_stage(reports: Path, config) -> None:
                 shutil.copytree(source, target)
     from dataclasses import replace
 
-    run_distillation(
-        teacher=None, student=None, data=None, config=DISTILL_RECIPE, out=out, eval_tasks=DISTILL_EVAL,
-        eval_config=replace(config, limit=config.limit or DISTILL_LIMIT), train_dir=distilled_dir(),
-        resume=True, distilled_name=DISTILLED_NAME,  # a finished training is reused
-    )  # fmt: skip
+    from xkd_eval.distill.train import TrainingDataChangedError
+
+    def distil():
+        run_distillation(
+            teacher=None, student=None, data=None, config=DISTILL_RECIPE, out=out, eval_tasks=DISTILL_EVAL,
+            eval_config=replace(config, limit=config.limit or DISTILL_LIMIT), train_dir=distilled_dir(),
+            resume=True, distilled_name=DISTILLED_NAME,  # a finished training on the same data is reused
+        )  # fmt: skip
+
+    try:
+        distil()
+    except TrainingDataChangedError as exc:
+        # the cache's training was made from other data (e.g. an older TTS): it is the demo's own folder
+        print(f"{exc}\nretraining from scratch in {distilled_dir()}")
+        shutil.rmtree(distilled_dir())
+        distil()
 
 
 def run_demo(reports: Path, *, limit: int | None = None, distill: bool = True):

@@ -6,6 +6,7 @@ raw bytes with libsndfile works the same everywhere (WAV, FLAC, OGG).
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 from collections.abc import Iterable
@@ -26,6 +27,13 @@ class AudioFailure:
     item_id: str
     source: str
     reason: str
+
+
+def samples_digest(audio: np.ndarray) -> str:
+    """sha256 of a clip's samples as contiguous little-endian float32: what a cache of anything computed from
+    the clip is keyed by (the same sound from another file or path hits; a changed sound misses)."""
+    samples = np.ascontiguousarray(np.asarray(audio, dtype="<f4").reshape(-1))
+    return hashlib.sha256(samples.tobytes()).hexdigest()
 
 
 def decode_audio(source: bytes | str | os.PathLike, *, target_rate: int = TARGET_SAMPLE_RATE) -> np.ndarray:

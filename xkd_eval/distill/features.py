@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from xkd_eval.audio import samples_digest
 from xkd_eval.errors import XkdError
 from xkd_eval.io import atomic_write_bytes
 
@@ -110,12 +111,6 @@ def num_audio_tokens(mel_frames: int) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- identity, keys
-
-
-def audio_key(audio: np.ndarray) -> str:
-    """sha256 of the clip's samples as contiguous little-endian float32 (16 kHz mono)."""
-    samples = np.ascontiguousarray(np.asarray(audio, dtype="<f4").reshape(-1))
-    return hashlib.sha256(samples.tobytes()).hexdigest()
 
 
 def encoder_identity(model: Any, feature_extractor: Any) -> str:
@@ -266,7 +261,7 @@ class FeatureCache:
         return self.dir / key[:2] / f"{key}.safetensors"
 
     def __contains__(self, audio: np.ndarray) -> bool:
-        return self.path(audio_key(audio)).is_file()
+        return self.path(samples_digest(audio)).is_file()
 
     def load_key(self, key: str) -> torch.Tensor | None:
         from safetensors.torch import load_file
@@ -280,7 +275,7 @@ class FeatureCache:
             return None
 
     def get(self, audio: np.ndarray) -> torch.Tensor | None:
-        return self.load_key(audio_key(audio))
+        return self.load_key(samples_digest(audio))
 
     def put_key(self, key: str, features: torch.Tensor, **meta: Any) -> Path:
         from safetensors.torch import save
@@ -330,7 +325,7 @@ def compute_features(
 
     stats = stats if stats is not None else CacheStats()
     cache = cache if cache is not None else FeatureCache.for_model(model, feature_extractor)
-    keys = [audio_key(a) for a in audios]
+    keys = [samples_digest(a) for a in audios]
     out: list[torch.Tensor | None] = [None] * len(audios)
     missing: dict[str, int] = {}
     for i, key in enumerate(keys):
@@ -401,7 +396,6 @@ def build_inputs_embeds(model: Any, input_ids: torch.Tensor, features: Sequence[
 __all__ = [
     "CacheStats",
     "FeatureCache",
-    "audio_key",
     "audio_token_id",
     "build_inputs_embeds",
     "compute_features",

@@ -27,6 +27,7 @@ evaluation adapter sends (Omni's system turn included), so the student trains on
 from __future__ import annotations
 
 import gc
+import hashlib
 import json
 import math
 import os
@@ -39,6 +40,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from xkd_eval.audio import samples_digest
 from xkd_eval.distill.config import LLM_LINEAR_MODULES, ConfigError, RecipeConfig
 from xkd_eval.distill.losses import (
     KINDS,
@@ -497,6 +499,31 @@ def _run_config(config: KDConfig, n_train: int, world: int = 1) -> KDConfig:
     )
 
 
+def weights_fingerprint(model: Any) -> str:
+    """A cheap content hash of every parameter (name, shape, dtype, its first 1024 values and its sum): a
+    rebuilt adapter, merged into the LLM, changes it; hashing all of a 7B model's bytes would take a while."""
+    digest = hashlib.sha256()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            flat = param.detach().reshape(-1)
+            digest.update(f"{name}:{tuple(param.shape)}:{param.dtype}".encode())
+            digest.update(flat[:1024].float().cpu().numpy().tobytes())
+            digest.update(flat.float().sum().cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def data_identity(items: Sequence[KDItem], heard: Sequence[str], teacher: str, student: str) -> str:
+    """What a run's checkpoints were trained on: every example's tokens (prompts, response), the digest of its
+    clip's samples, and the teacher's and student's weights. Resuming onto anything else is refused."""
+    digest = hashlib.sha256(json.dumps([teacher, student]).encode())
+    for item in items:
+        tokens = [item.id, item.teacher_prompt, item.tt_prompt, item.st_prompt, item.response_ids]
+        digest.update(json.dumps(tokens).encode())
+    for clip in heard:
+        digest.update(clip.encode())
+    return digest.hexdigest()
+
+
 def _record_of_finished_run(out_dir: Path, run: KDConfig, result: Any) -> dict[str, Any] | None:
     """The training.json of the run that trained this folder's weights, when this call resumed at its last
     step and trained nothing: its figures (wall time, the targets and caches it filled) stay the record, and
@@ -645,7 +672,9 @@ def distill(
         resident = t_model
 
     s_model = load_student_model(student)
+    student_identity = weights_fingerprint(s_model)
     channels = list(config.channels)
+    heard: list[str] = []
     if "st" in channels:
         started = time.perf_counter()
         from xkd_eval.distill.data import load_example_audio
@@ -653,6 +682,7 @@ def distill(
 
         spoken = spoken_examples(train_ex + eval_ex, config.voices, progress=progress)
         audios = load_example_audio(spoken)  # duck-typed: .audio and .id
+        heard = [samples_digest(a) for a in audios]
         if config.feature_mode == "cached":
             stats = CacheStats()
             feats = compute_features(
@@ -711,6 +741,7 @@ def distill(
         else None,
         eval_every=run.eval_every,
         lengths=[i.length for i in train_items],
+        data_identity=data_identity(train_items + eval_items, heard, identity, student_identity),
     )
 
     model.eval()

@@ -66,6 +66,10 @@ RESUMABLE_CHANGES = {
 }  # fmt: skip
 
 
+class TrainingDataChangedError(XkdError):
+    """``--resume`` found checkpoints written for other training data (examples, tokens, audio or models)."""
+
+
 class TrainingDivergedError(XkdError):
     """The loss or the gradient became NaN/inf; the message names the step, the examples and the last
     good checkpoint."""
@@ -369,6 +373,7 @@ def train(
     validate: Callable[[Any], dict[str, float]] | None = None,
     eval_every: int | None = None,
     lengths: Sequence[int] | None = None,
+    data_identity: str | None = None,
 ) -> TrainResult:
     """Train ``model`` (already set up by ``setup_trainable``) on tokenised examples; checkpoints and the
     training log go to ``out_dir``. Raises TrainingDivergedError on a non-finite loss or gradient.
@@ -379,7 +384,9 @@ def train(
     tokens and a dict of named summed terms, all divided by the step's ``batch.n_tokens`` total) and
     ``collate_fn`` (examples -> a batch with ``ids`` and ``n_tokens``). ``validate(module)`` (main process,
     every ``eval_every`` steps and at the end) returns held-out figures recorded in the log as ``val_*``.
-    A KeyboardInterrupt writes a checkpoint of the last completed step, then propagates."""
+    A KeyboardInterrupt writes a checkpoint of the last completed step, then propagates. ``data_identity`` (a
+    digest of everything the examples were built from) is kept in each checkpoint; resuming with another one
+    raises TrainingDataChangedError instead of continuing another run's curve on new data."""
     from accelerate import Accelerator
 
     out_dir = Path(out_dir)
@@ -410,6 +417,13 @@ def train(
             changed = {k for k, v in state["config"].items() if k not in RESUMABLE_CHANGES and now.get(k) != v}
             if changed:
                 raise XkdError(f"cannot resume from {found[-1]}: the config changed in {sorted(changed)}")
+            if data_identity is not None and state.get("data") != data_identity:
+                raise TrainingDataChangedError(
+                    f"cannot resume from {found[-1]}: it was written for other training data (data "
+                    f"{str(state.get('data'))[:12]}, now {data_identity[:12]}: the examples, their tokens, their "
+                    f"audio or the models differ); train into a new output folder, or remove {out_dir}'s "
+                    "checkpoints to start over"
+                )
             step, seconds, history = state["step"], state["seconds"], state["log"]
             resumed_from = step
             say(f"resumed from {found[-1]} (step {step})")
@@ -417,7 +431,7 @@ def train(
     result = TrainResult(step, seconds, history, resumed_from=resumed_from, checkpoint=last_good)
 
     def checkpoint() -> None:
-        state = {"seconds": round(seconds, 3), "log": history, "config": config.to_dict()}
+        state = {"seconds": round(seconds, 3), "log": history, "config": config.to_dict(), "data": data_identity}
         path = save_checkpoint(
             out_dir, step, accelerator.unwrap_model(loss_module), optimizer, scheduler, state, config.keep_checkpoints
         )
@@ -726,6 +740,7 @@ __all__ = [
     "BatchOrder",
     "TrainExample",
     "TrainResult",
+    "TrainingDataChangedError",
     "TrainingDivergedError",
     "adapt_organism",
     "apply_adapter",

@@ -12,7 +12,6 @@ scoring of the speech arm is the LLM's on the transcript.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -22,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from xkd_eval.audio import TARGET_SAMPLE_RATE
+from xkd_eval.audio import TARGET_SAMPLE_RATE, samples_digest
 from xkd_eval.errors import XkdError
 from xkd_eval.models.base import GenerationSettings, ModelAdapter, Query
 from xkd_eval.models.hf import pick_device, pick_dtype
@@ -201,7 +200,7 @@ class CascadeAdapter(ModelAdapter):
 
     def transcribe(self, audios: Sequence[np.ndarray]) -> list[str]:
         """Greedy English transcripts, one per audio (mono float32 at 16 kHz)."""
-        keys = [self._audio_key(audio) for audio in audios]
+        keys = [samples_digest(audio) for audio in audios]
         missing = list(dict.fromkeys(k for k in keys if k not in self._transcripts))
         if missing:
             first = {key: audio for key, audio in zip(keys, audios, strict=True)}
@@ -210,11 +209,6 @@ class CascadeAdapter(ModelAdapter):
             while len(self._transcripts) > self.cache_size:
                 self._transcripts.popitem(last=False)
         return [self._transcripts[key] for key in keys]
-
-    @staticmethod
-    def _audio_key(audio: np.ndarray) -> str:
-        samples = np.ascontiguousarray(audio, dtype=np.float32)
-        return hashlib.sha1(samples.tobytes()).hexdigest() + f":{samples.size}"
 
     def llm_queries(self, queries: Sequence[Query]) -> list[Query]:
         """What the LLM is asked: a speech query becomes its transcript, a text query stays as it is."""

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from xkd_eval.audio import load_all_audio
+from xkd_eval.audio import load_all_audio, samples_digest
 from xkd_eval.errors import XkdError
 from xkd_eval.models.base import SPEECH_INSTRUCTION, GenerationSettings, ModelAdapter, Query
 from xkd_eval.records import Item, Score
@@ -199,10 +199,13 @@ def run_arm(
         options = option_set(item, run.scorer.name, config.mcq_mode)
         query = Query(item.id, _query_text(item, modality, options), audio.get(item.id))
         prompt = model.render_prompt(query)
+        # the rendered speech prompt only holds a placeholder for the clip: its samples are part of the key,
+        # so re-synthesised or edited audio is answered afresh (written queries keep their keys)
+        heard = {"audio": samples_digest(query.audio)} if query.audio is not None else {}
         key = result_key(
             model=identity, task=run.spec.name, item=item.id, modality=modality, prompt=prompt,
             settings=config.settings.record(), mcq_mode=config.mcq_mode if options else "generate",
-            continuations=options.continuations if options else None,
+            continuations=options.continuations if options else None, **heard,
         )  # fmt: skip
         if key in store:
             rows.append(_row(run, item, arm, model_name, store.get(key), config))

@@ -40,6 +40,13 @@ ESPEAK_APT = "sudo apt-get install espeak-ng"
 # 150 words a minute (default 175) with a 40 ms gap between words: Whisper-base's WER on our listen
 # sentences fell from 0.19 to 0.06 for en-us (piper's joe: 0.01). Part of the version, so of the cache key.
 ESPEAK_ARGS = ("-s", "150", "-g", "4")
+# Piper's VITS graph samples its latent and its phoneme durations from unseeded noise (the voice's own
+# defaults are 0.667 and 0.8), so the same sentence came out different on every call, sometimes in length.
+# With both at zero it is a pure function of the text: bit-identical audio on every machine and run, and
+# Whisper-base's WER on the listen sentences was no worse (0.127 vs 0.147). Part of the version, so of the
+# cache key.
+PIPER_NOISE_SCALE = 0.0
+PIPER_NOISE_W_SCALE = 0.0
 
 
 class TTSUnavailableError(XkdError):
@@ -154,7 +161,7 @@ def piper_version(name: str) -> str:
         piper = importlib.metadata.version("piper-tts")
     except importlib.metadata.PackageNotFoundError:
         raise TTSUnavailableError(f"piper-tts is not installed; install it with: {PIPER_PIP}") from None
-    return f"piper-tts {piper}; {_piper_model_files(name)[2]}"
+    return f"piper-tts {piper}; {_piper_model_files(name)[2]}; noise {PIPER_NOISE_SCALE}/{PIPER_NOISE_W_SCALE}"
 
 
 _piper_lock = threading.Lock()
@@ -186,7 +193,11 @@ def _piper_voice(name: str):
 
 
 def piper_synthesize(text: str, voice: str) -> tuple[np.ndarray, int]:
-    chunks = list(_piper_voice(voice).synthesize(text))  # piper locks its phonemizer; the session is thread-safe
+    from piper import SynthesisConfig
+
+    deterministic = SynthesisConfig(noise_scale=PIPER_NOISE_SCALE, noise_w_scale=PIPER_NOISE_W_SCALE)
+    # piper locks its phonemizer; the session is thread-safe
+    chunks = list(_piper_voice(voice).synthesize(text, syn_config=deterministic))
     if not chunks:
         raise XkdError(f"piper produced no audio for {text[:60]!r}")
     audio = np.concatenate([np.asarray(c.audio_float_array, dtype=np.float32).reshape(-1) for c in chunks])

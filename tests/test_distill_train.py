@@ -234,8 +234,12 @@ def test_exported_adapter_merges_into_the_base(tiny_dir, prepared, tmp_path):
 
     cfg = config(trainable="projector+lora", max_steps=3, checkpoint_every=100)
     model, _ = run(tiny_dir, prepared, tmp_path / "run", cfg)
-    files = export_adapter(model, cfg, tmp_path / "adapter")
+    files = export_adapter(model, cfg, tmp_path / "adapter", base_name=f"qwen2-audio:{tiny_dir}")
     assert {p.name for p in files} == {"projector.safetensors", "adapter_model.safetensors", "adapter_config.json"}
+    # no folder of this machine in the files whose sha256 names the trained model
+    written = (tmp_path / "adapter" / "adapter_config.json").read_text()
+    assert json.loads(written)["base_model_name_or_path"] == f"qwen2-audio:{tiny_dir.name}"
+    assert str(tiny_dir.parent) not in written and str(tmp_path) not in written
     example = prepared[0]
     ids = torch.tensor([example.input_ids])
     model.eval()
@@ -333,3 +337,13 @@ def test_config_from_yaml_and_validation(tmp_path):
         AdaptConfig(trainable="encoder")
     with pytest.raises(ConfigError, match="lora_targets"):
         AdaptConfig(lora_targets=["out_proj"])
+
+
+def test_portable_model_name(tmp_path):
+    from xkd_eval.distill.train import portable_model_name
+
+    assert portable_model_name("organism") == "organism"
+    assert portable_model_name("Qwen/Qwen2-Audio-7B-Instruct") == "Qwen/Qwen2-Audio-7B-Instruct"
+    assert portable_model_name("qwen2-audio:Qwen/Qwen2-Audio-7B-Instruct") == "qwen2-audio:Qwen/Qwen2-Audio-7B-Instruct"
+    assert portable_model_name(f"qwen2.5-omni:{tmp_path}/student") == "qwen2.5-omni:student"
+    assert portable_model_name(str(tmp_path / "models" / "slm")) == "slm"

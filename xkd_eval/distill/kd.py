@@ -750,7 +750,7 @@ def distill(
     if kept is not None:
         say(f"the training in {out_dir} was already complete ({result.steps} steps): keeping its record")
         return kept
-    written = export_adapter(model, run, out_dir / "adapter") if main else []
+    written = export_adapter(model, run, out_dir / "adapter", base_name=student) if main else []
     merged = None
     if run.save_merged and main:
         merged_model = model.merge_and_unload() if hasattr(model, "merge_and_unload") else model

@@ -548,8 +548,27 @@ def _diverged(out_dir: Path, history: list, step: int, ids: list[str], what: str
 # ---------------------------------------------------------------------------------------------- export / import
 
 
-def export_adapter(model: Any, config: AdaptConfig, out_dir: str | os.PathLike) -> list[Path]:
-    """Write the trainable weights: the projector (always) and the LoRA adapter (peft format) when on."""
+def portable_model_name(spec: str) -> str:
+    """A model spec without the folders of this machine: a registered name or hub id as it is, a local folder
+    (``qwen2-audio:/cache/models/x``, ``/cache/models/x``) by its last component."""
+    head, sep, rest = spec.partition(":")
+    target = rest if sep else spec
+    local = Path(target).expanduser()
+    if not target or not (local.is_absolute() or local.exists()):
+        return spec
+    return f"{head}:{local.name}" if sep else local.name
+
+
+def export_adapter(
+    model: Any, config: AdaptConfig, out_dir: str | os.PathLike, *, base_name: str | None = None
+) -> list[Path]:
+    """Write the trainable weights: the projector (always) and the LoRA adapter (peft format) when on.
+
+    The adapter's ``base_model_name_or_path`` is ``base_name`` made portable (see ``portable_model_name``), not
+    the folder the base was loaded from: the files, and so the adapter's sha256 that names the trained model
+    in result keys, are then the same on every machine and cache location."""
+    import copy
+
     from safetensors.torch import save_file
 
     out_dir = Path(out_dir)
@@ -564,7 +583,9 @@ def export_adapter(model: Any, config: AdaptConfig, out_dir: str | os.PathLike) 
 
         lora = {k: v.detach().cpu().to(dtype).contiguous() for k, v in get_peft_model_state_dict(model).items()}
         save_file(lora, str(out_dir / LORA_FILE), metadata={"format": "pt"})
-        model.peft_config["default"].save_pretrained(str(out_dir))
+        peft_config = copy.copy(model.peft_config["default"])
+        peft_config.base_model_name_or_path = portable_model_name(base_name) if base_name else None
+        peft_config.save_pretrained(str(out_dir))
         written += [out_dir / LORA_FILE, out_dir / LORA_CONFIG_FILE]
     return written
 
@@ -699,7 +720,7 @@ def adapt_organism(
         log=say,
     )
     model.eval()
-    written = export_adapter(model, config, out_dir)
+    written = export_adapter(model, config, out_dir, base_name=config.base_model)
     losses = result.losses
     head = losses[: max(1, min(10, len(losses) // 10))]
     tail = losses[-max(1, min(10, len(losses) // 10)) :]

@@ -725,7 +725,7 @@ def adapt_organism(
     head = losses[: max(1, min(10, len(losses) // 10))]
     tail = losses[-max(1, min(10, len(losses) // 10)) :]
     figures |= {
-        "base_model": str(base_dir),
+        "base_model": portable_model_name(str(base_dir)),  # no folder of this machine in the record
         "examples": len(examples),
         "data_sha256": examples_digest(examples),
         "families": {t: sum(1 for e in examples if e.task == t) for t in sorted({e.task for e in examples})},

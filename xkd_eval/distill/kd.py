@@ -528,7 +528,7 @@ def _record_of_finished_run(out_dir: Path, run: KDConfig, result: Any) -> dict[s
     """The training.json of the run that trained this folder's weights, when this call resumed at its last
     step and trained nothing: its figures (wall time, the targets and caches it filled) stay the record, and
     its exported weights stay as they are."""
-    from xkd_eval.distill.train import RESUMABLE_CHANGES, TRAINING_FILE
+    from xkd_eval.distill.train import TRAINING_FILE, config_changes
 
     record_file = out_dir / TRAINING_FILE
     if result.resumed_from is None or result.resumed_from != result.steps or not record_file.is_file():
@@ -538,8 +538,8 @@ def _record_of_finished_run(out_dir: Path, run: KDConfig, result: Any) -> dict[s
     except (OSError, json.JSONDecodeError):
         return None
     exported = (out_dir / "adapter").is_dir() and (not run.save_merged or (out_dir / "student").is_dir())
-    now, then = run.to_dict(), record.get("config") or {}
-    same = bool(then) and all(now.get(k) == v for k, v in then.items() if k not in RESUMABLE_CHANGES)  # as resume
+    then = record.get("config") or {}
+    same = bool(then) and not config_changes(then, run.to_dict())
     if record.get("steps") != result.steps or not same or not exported:
         return None
     return record

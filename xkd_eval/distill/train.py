@@ -66,6 +66,11 @@ RESUMABLE_CHANGES = {
 }  # fmt: skip
 
 
+def config_changes(saved: dict[str, Any], now: dict[str, Any]) -> set[str]:
+    """The recipe fields that differ from a checkpoint's, leaving out those a resume may change."""
+    return {k for k, v in saved.items() if k not in RESUMABLE_CHANGES and now.get(k) != v}
+
+
 class TrainingDataChangedError(XkdError):
     """``--resume`` found checkpoints written for other training data (examples, tokens, audio or models)."""
 
@@ -413,8 +418,7 @@ def train(
         found = checkpoint_dirs(out_dir)
         if found:
             state = load_checkpoint(found[-1], accelerator.unwrap_model(loss_module), optimizer, scheduler)
-            now = config.to_dict()
-            changed = {k for k, v in state["config"].items() if k not in RESUMABLE_CHANGES and now.get(k) != v}
+            changed = config_changes(state["config"], config.to_dict())
             if changed:
                 raise XkdError(f"cannot resume from {found[-1]}: the config changed in {sorted(changed)}")
             if data_identity is not None and state.get("data") != data_identity:
@@ -767,6 +771,7 @@ __all__ = [
     "apply_adapter",
     "checkpoint_dirs",
     "collate",
+    "config_changes",
     "export_adapter",
     "lora_target_regex",
     "prepare_data",

@@ -17,6 +17,7 @@ from xkd_eval.errors import XkdError
 TRAINABLE_SCOPES = ("projector", "lora", "projector+lora")
 LLM_LINEAR_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 FEATURE_WINDOWS = ("trim", "full")
+PROJECTOR_INITS = ("assembled", "least_squares")
 SAVE_DTYPES = ("float32", "float16", "bfloat16")
 MIXED_PRECISION = ("no", "bf16", "fp16")
 
@@ -82,7 +83,7 @@ class AdaptConfig(RecipeConfig):
     base_seed: int = 0  # seed of the organism's random projector initialisation (speech_llm_base_dir)
 
     # --- data
-    n_examples: int = 1000  # generated spoken examples (xkd_eval.distill.data); 0 = user data only
+    n_examples: int = 1200  # generated spoken examples (xkd_eval.distill.data); 0 = user data only
     data_seed: int = 0  # seed of the example generator
     data_mix: dict[str, float] | None = None  # family -> weight; None = data.DEFAULT_MIX
     data_jsonl: str | None = None  # extra user examples (id, instruction, spoken_text, response, audio)
@@ -92,6 +93,11 @@ class AdaptConfig(RecipeConfig):
 
     # --- what trains
     trainable: str = "projector+lora"  # "projector", "lora" or "projector+lora"; the encoder never trains
+    # "assembled": start from the base's projector as it is; "least_squares": first fit it, in closed form, to
+    # map each word's encoder frames onto the LLM's embedding of the word, on the transcription examples
+    # (response = spoken text); xkd_eval.distill.projector_init
+    projector_init: str = "assembled"
+    projector_init_ridge: float = 1.0  # ridge penalty of that fit
     lora_rank: int = 16  # LoRA rank r
     lora_alpha: float = 32.0  # LoRA scaling numerator (scale = alpha / r)
     lora_dropout: float = 0.05  # dropout on the LoRA branch input
@@ -136,6 +142,7 @@ class AdaptConfig(RecipeConfig):
         need(self.feature_window in FEATURE_WINDOWS, f"feature_window must be one of {', '.join(FEATURE_WINDOWS)}")
         need(self.mixed_precision in MIXED_PRECISION, f"mixed_precision must be one of {', '.join(MIXED_PRECISION)}")
         need(self.save_dtype in SAVE_DTYPES, f"save_dtype must be one of {', '.join(SAVE_DTYPES)}")
+        need(self.projector_init in PROJECTOR_INITS, f"projector_init must be one of {', '.join(PROJECTOR_INITS)}")
         need(self.n_examples >= 0, "n_examples must be >= 0")
         need(self.n_examples > 0 or bool(self.data_jsonl), "n_examples is 0 and no data_jsonl is given: no data")
         need(self.encoder_batch_size >= 1, "encoder_batch_size must be >= 1")

@@ -4,8 +4,9 @@ Every example has an ``instruction`` (the text shown with the audio), a ``spoken
 TTS voice says), a ``response`` (the assistant's reply the model is trained on), and, once
 synthesised, an ``audio`` path. The families, all answerable from the audio alone:
 
-- ``transcribe``: "Transcribe the audio." -> the sentence (templated sentences: people, objects,
-  places, times);
+- ``dictation``: "Transcribe the audio." -> the sentence, for 1,500 everyday sentences written for this
+  project (``dictation.txt``: about 3,600 distinct words), so that the ear learns words, not templates;
+- ``transcribe``: the same with templated sentences (people, objects, places, times);
 - ``arithmetic``: a spoken sum, difference or product in words -> the result in words;
 - ``mcq``: a spoken question with four options read aloud ("... Is it A, x; B, y; C, z; or D, w?")
   -> the option text (the shape of the speech arm's multiple-choice queries);
@@ -25,6 +26,7 @@ reads user data with the same fields.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -134,6 +136,20 @@ def _sentence(rng: random.Random) -> str:
 
 def transcribe(rng: random.Random) -> Triple:
     sentence = _sentence(rng)
+    return rng.choice(TRANSCRIBE_INSTRUCTIONS), sentence, sentence
+
+
+DICTATION_FILE = Path(__file__).with_name("dictation.txt")
+
+
+@functools.cache
+def dictation_sentences() -> tuple[str, ...]:
+    """The open-vocabulary sentences of the ``dictation`` family, written for this project (one per line)."""
+    return tuple(line.strip() for line in DICTATION_FILE.read_text(encoding="utf-8").splitlines() if line.strip())
+
+
+def dictation(rng: random.Random) -> Triple:
+    sentence = rng.choice(dictation_sentences())
     return rng.choice(TRANSCRIBE_INSTRUCTIONS), sentence, sentence
 
 
@@ -257,6 +273,7 @@ def recall(rng: random.Random) -> Triple:
 
 FAMILIES: dict[str, Callable[[random.Random], Triple]] = {
     "transcribe": transcribe,
+    "dictation": dictation,
     "arithmetic": arithmetic,
     "mcq": mcq,
     "count": count,
@@ -268,15 +285,16 @@ FAMILIES: dict[str, Callable[[random.Random], Triple]] = {
 }
 # share of the examples each family gets (normalised)
 DEFAULT_MIX: dict[str, float] = {
-    "transcribe": 0.30,
-    "arithmetic": 0.12,
-    "mcq": 0.16,
-    "count": 0.08,
-    "colour": 0.08,
-    "spell": 0.05,
-    "compare": 0.07,
-    "sequence": 0.07,
-    "recall": 0.07,
+    "dictation": 0.40,
+    "transcribe": 0.06,
+    "arithmetic": 0.10,
+    "mcq": 0.14,
+    "count": 0.06,
+    "colour": 0.06,
+    "spell": 0.04,
+    "compare": 0.05,
+    "sequence": 0.05,
+    "recall": 0.04,
 }
 
 

@@ -680,6 +680,28 @@ def prepare_data(
     return examples, prepared, figures
 
 
+def _least_squares_start(model, processor, examples, prepared, config: AdaptConfig, say) -> dict[str, Any]:
+    from xkd_eval.distill.data import load_example_audio
+    from xkd_eval.distill.projector_init import init_projector_least_squares
+
+    chosen = [(e, p) for e, p in zip(examples, prepared, strict=True) if e.response.strip() == e.spoken_text.strip()]
+    if not chosen:
+        raise XkdError("projector_init least_squares needs transcription examples (response = spoken text)")
+    fit = init_projector_least_squares(
+        model,
+        processor.tokenizer,
+        [p.features for _, p in chosen],
+        load_example_audio([e for e, _ in chosen]),
+        [e.spoken_text for e, _ in chosen],
+        ridge=config.projector_init_ridge,
+    )
+    say(
+        f"projector fitted by least squares on {fit.clips} transcription clips ({fit.words} words): "
+        f"{fit.train_word_accuracy:.0%} of the words' middle frames map nearest to one of the word's tokens"
+    )
+    return fit.record()
+
+
 def adapt_organism(
     config_path: str | os.PathLike | dict[str, Any] | AdaptConfig,
     out_dir: str | os.PathLike,
@@ -710,6 +732,8 @@ def adapt_organism(
     model.eval()
     examples, prepared, figures = prepare_data(config, model, processor, progress=progress, log=say)
     write_examples_jsonl(examples, out_dir / "data.jsonl")
+    if config.projector_init == "least_squares":  # closed form and deterministic: refitted on resume too
+        figures["projector_init"] = _least_squares_start(model, processor, examples, prepared, config, say)
     model = setup_trainable(model, config)
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     say(f"trainable: {config.trainable}, {n_trainable:,} parameters")

@@ -256,6 +256,20 @@ def test_ifeval_with_lm_eval_checkers():
         spec.score(item(metadata={"instruction_id_list": ["nope:nope"], "kwargs": [{}]}), "x")
 
 
+def test_ifeval_response_language_is_scored_the_same_every_time():
+    """langdetect samples; unseeded, "Bonjour!" came out French or Albanian from one call to the next, and
+    the same stored answer changed its score between two runs of the demo."""
+    spec = SCORERS.get("ifeval")
+    question = item(
+        prompt="Say good morning. Your entire response should be in French, no other language is allowed.",
+        metadata={"instruction_id_list": ["language:response_language"], "kwargs": [{"language": "fr"}]},
+    )
+    verdicts = {spec.score(question, answer).correct for answer in ["Bonjour!"] * 30}
+    assert len(verdicts) == 1
+    assert spec.score(question, "Bonjour, je m'appelle Anne et je suis très contente.").correct is True
+    assert spec.score(question, "Good morning, my name is Anne and I am happy.").correct is False
+
+
 def test_voicebench_overall_hand_worked():
     columns = {
         "alpacaeval_full": 4.0, "commoneval": 3.5, "wildvoice": 3.0,  # judge scale -> 80, 70, 60

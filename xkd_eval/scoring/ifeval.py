@@ -24,6 +24,12 @@ def _lm_eval_ifeval():
         ensure_punkt()  # before lm-eval's import-time download attempt
         from lm_eval.tasks.ifeval import instructions_registry, utils
 
+        try:  # the response-language checker asks langdetect, which samples: unseeded, a short answer
+            from langdetect import DetectorFactory  # ("Bonjour!") is French on one call, Albanian on the next
+
+            DetectorFactory.seed = 0
+        except ImportError:  # pragma: no cover - lm-eval's ifeval extra brings it
+            pass
         _checkers = (utils, instructions_registry)
     return _checkers
 

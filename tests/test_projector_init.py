@@ -128,5 +128,5 @@ def test_adapt_organism_starts_from_the_fit_and_records_it(tmp_path, monkeypatch
 
     assembled = Qwen2AudioForConditionalGeneration.from_pretrained(base).model.multi_modal_projector.linear.weight
     assert exported.shape == assembled.shape and not torch.allclose(exported, assembled.detach(), atol=1e-3)
-    with pytest.raises(Exception, match="transcription examples"):
+    with pytest.raises(XkdError, match="transcription examples"):
         adapt_organism(recipe | {"data_mix": {"arithmetic": 1.0}}, tmp_path / "out2", progress=False, log=None)

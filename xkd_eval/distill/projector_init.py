@@ -14,6 +14,7 @@ stop). The fit is closed-form
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,7 +41,7 @@ class ProjectorFit:
     train_word_accuracy: float  # share of words whose middle frame maps nearest to one of the word's tokens
 
     def record(self) -> dict[str, Any]:
-        return {k: round(v, 4) if isinstance(v, float) else v for k, v in self.__dict__.items()}
+        return {k: round(v, 4) if isinstance(v, float) else v for k, v in dataclasses.asdict(self).items()}
 
 
 def speech_span(audio: np.ndarray, n_frames: int, threshold: float = 0.1) -> tuple[int, int]:
@@ -89,8 +90,8 @@ def fit_projector(
         return rows[ids].mean(0), set(ids)
 
     silence, _ = embedding_of(SILENCE_TEXT)
-    inputs, targets, centres = [], [], []
-    n_words = 0
+    inputs, targets, centres = [], [], []  # centres: (row of the word's middle frame in the stacked frames, its ids)
+    n_words = offset = 0
     for feats, audio, text in zip(features, audios, transcripts, strict=True):
         words = WORD.findall(text.lower())  # a word sounds the same at the start of a sentence
         if not words:
@@ -99,8 +100,9 @@ def fit_projector(
         for word, (lo, hi) in zip(words, word_frames(words, speech_span(audio, feats.shape[0])), strict=True):
             vector, word_ids = embedding_of(word)
             target[lo:hi] = vector
-            centres.append((sum(len(x) for x in inputs) + (lo + hi - 1) // 2, word_ids))
+            centres.append((offset + (lo + hi - 1) // 2, word_ids))
         n_words += len(words)
+        offset += feats.shape[0]
         inputs.append(feats.detach().float())
         targets.append(target)
     if not inputs:

@@ -691,6 +691,7 @@ def _least_squares_start(model, processor, examples, prepared, config: AdaptConf
         model,
         processor.tokenizer,
         [p.features for _, p in chosen],
+        # read again (a second or two) rather than keep every clip of prepare_data in memory through training
         load_example_audio([e for e, _ in chosen]),
         [e.spoken_text for e, _ in chosen],
         ridge=config.projector_init_ridge,

@@ -237,6 +237,41 @@ def test_text_only_ablation_touches_no_audio(pair, data, tmp_path, monkeypatch):
     assert all(torch.equal(before[k], after[k]) for k in before)  # no gradient reached the projector
 
 
+def test_each_example_is_heard_beside_its_own_speech_instruction(pair, data, tmp_path, monkeypatch):
+    """A listening request is heard beside "Repeat exactly what the speaker says.", the rest beside the
+    generic instruction: the S→T prompt is per example, from the data's ``speech_instruction``."""
+    from transformers import AutoTokenizer
+
+    import xkd_eval.distill.train as train_module
+    from xkd_eval.builtin import LISTEN_INSTRUCTION
+    from xkd_eval.models.base import SPEECH_INSTRUCTION
+
+    rows = [json.loads(line) for line in data.read_text().splitlines()]
+    for row in rows[:4]:
+        row["speech_instruction"] = LISTEN_INSTRUCTION
+    rows = [{**row, "audio": str(data.parent / row["audio"])} for row in rows]
+    (tmp_path / "kd.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    seen = {}
+
+    class Captured(Exception):
+        pass
+
+    def capture(model, items, *args, **kwargs):
+        seen.update({i.id: i.st_prompt for i in items})
+        raise Captured
+
+    monkeypatch.setattr(train_module, "train", capture)
+    with pytest.raises(Captured):
+        run(pair, tmp_path / "kd.jsonl", tmp_path / "out", cfg(eval_fraction=0.0))
+    tokenizer = AutoTokenizer.from_pretrained(pair[1])
+    heard = {uid: tokenizer.decode(ids) for uid, ids in seen.items()}
+    assert len(heard) == len(rows)
+    for row in rows:
+        expected, other = (LISTEN_INSTRUCTION, SPEECH_INSTRUCTION) if "speech_instruction" in row else (
+            SPEECH_INSTRUCTION, LISTEN_INSTRUCTION)  # fmt: skip
+        assert expected in heard[row["id"]] and other not in heard[row["id"]]
+
+
 def test_on_the_fly_teacher_matches_the_full_cache(pair, data, tmp_path):
     cached = run(pair, data, tmp_path / "c", cfg(top_k=None, max_steps=2))["curves"]["loss"]
     live = run(pair, data, tmp_path / "l", cfg(top_k=None, max_steps=2, teacher_mode="on_the_fly"))["curves"]["loss"]
@@ -271,8 +306,15 @@ def test_two_data_parallel_processes_agree(pair, data, tmp_path):
 
 
 def test_kd_data_sources_split_and_organism_set(tmp_path, monkeypatch):
-    from xkd_eval.builtin import is_builtin_text
-    from xkd_eval.distill.kd_data import load_kd_examples, read_kd_jsonl, split_examples, write_organism_kd_data
+    from xkd_eval.builtin import LISTEN_INSTRUCTION, is_builtin_text
+    from xkd_eval.distill.kd_data import (
+        ORGANISM_LISTENING_REQUESTS,
+        load_kd_examples,
+        read_kd_jsonl,
+        split_examples,
+        write_organism_kd_data,
+    )
+    from xkd_eval.models.base import SPEECH_INSTRUCTION
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
@@ -281,6 +323,13 @@ def test_kd_data_sources_split_and_organism_set(tmp_path, monkeypatch):
     path = write_organism_kd_data(tmp_path / "organism-kd.jsonl")
     examples = read_kd_jsonl(path)
     assert 300 <= len(examples) <= 800 and not any(is_builtin_text(e.instruction) for e in examples)
+    listening = [e for e in examples if e.speech_instruction]
+    assert len(listening) == ORGANISM_LISTENING_REQUESTS and len({e.spoken_text for e in listening}) == len(listening)
+    for e in listening:  # heard: the sentence alone, beside the listen subset's instruction; read: "Repeat exactly: …"
+        assert e.heard_instruction == LISTEN_INSTRUCTION and e.instruction == f"Repeat exactly: {e.spoken_text}"
+        assert not is_builtin_text(e.spoken_text)
+    assert all(e.heard_instruction == SPEECH_INSTRUCTION and e.speech == e.instruction for e in examples if not
+               e.speech_instruction)  # fmt: skip
     assert path.read_text() == (ROOT / "distill" / "organism-kd.jsonl").read_text()  # the shipped file is current
     train_a, held_a = split_examples(examples, 0.1, seed=3)
     train_b, held_b = split_examples(examples, 0.1, seed=3)

@@ -678,7 +678,6 @@ def distill(
     if "st" in channels:
         started = time.perf_counter()
         from xkd_eval.distill.data import load_example_audio
-        from xkd_eval.models.base import SPEECH_INSTRUCTION
 
         spoken = spoken_examples(train_ex + eval_ex, config.voices, progress=progress)
         audios = load_example_audio(spoken)  # duck-typed: .audio and .id
@@ -703,11 +702,16 @@ def distill(
         figures["speech_seconds"] = round(time.perf_counter() - started, 1)
         audio_token = getattr(processor, "audio_token", "<|AUDIO|>")
         audio_id = audio_token_id(s_model)
-        st_prompt = processor.apply_chat_template(
-            family.conversation(SPEECH_INSTRUCTION, "clip.wav"), tokenize=False, add_generation_prompt=True
-        )
-        for item, audio, feat, n_audio in zip(train_items + eval_items, audios, feats, counts, strict=True):
-            st_text = expand_audio_tokens(st_prompt, [n_audio], audio_token)
+        st_prompts: dict[str, str] = {}
+        for item, example, audio, feat, n_audio in zip(
+            train_items + eval_items, spoken, audios, feats, counts, strict=True
+        ):
+            instruction = example.heard_instruction
+            if instruction not in st_prompts:
+                st_prompts[instruction] = processor.apply_chat_template(
+                    family.conversation(instruction, "clip.wav"), tokenize=False, add_generation_prompt=True
+                )
+            st_text = expand_audio_tokens(st_prompts[instruction], [n_audio], audio_token)
             item.st_prompt = s_tok(st_text)["input_ids"]
             if sum(1 for t in item.st_prompt if t == audio_id) != n_audio:
                 raise XkdError(f"example {item.id}: audio tokens and features disagree")

@@ -7,7 +7,11 @@ Sources (``load_kd_examples``):
   columns. Offline this fails: the error says to pass a local file with ``--data``;
 - a local JSONL file: one object a line with ``instruction``, optional ``response`` (needed unless the
   targets come from the teacher), optional ``spoken_text`` (what the TTS reads; default the
-  instruction), optional ``id`` and ``audio`` (a WAV path, relative to the file).
+  instruction), optional ``speech_instruction`` (the text the student reads beside the clip in the S→T
+  channel; default the generic "listen and respond" one), optional ``id`` and ``audio`` (a WAV path,
+  relative to the file). A listening request is ``instruction`` "Repeat exactly: <sentence>",
+  ``spoken_text`` the sentence, ``speech_instruction`` "Repeat exactly what the speaker says.", as in
+  the built-in ``listen`` subset.
 
 Anything that is (or contains) a built-in benchmark text is dropped (``xkd_eval.builtin.is_builtin_text``),
 so the benchmark stays held out. ``split_examples`` makes the seeded held-out split;
@@ -16,7 +20,7 @@ so the benchmark stays held out. ``split_examples`` makes the seeded held-out sp
 
 ``write_organism_kd_data`` writes the default local KD set of the embedded organism
 (``distill/organism-kd.jsonl``): templated everyday requests, general-knowledge questions and short
-definitions, disjoint from the built-in benchmark.
+definitions, and listening requests ("repeat what the speaker says"), disjoint from the built-in benchmark.
 """
 
 from __future__ import annotations
@@ -43,10 +47,17 @@ class KDExample:
     response: str | None = None  # the target (gold, or the teacher's greedy answer)
     spoken_text: str | None = None  # what is spoken in the S→T channel (default: the instruction)
     audio: str | None = None  # a 16 kHz WAV of the spoken text, once synthesised or given
+    speech_instruction: str | None = None  # the student's text beside the clip (default: SPEECH_INSTRUCTION)
 
     @property
     def speech(self) -> str:
         return self.spoken_text or self.instruction
+
+    @property
+    def heard_instruction(self) -> str:
+        from xkd_eval.models.base import SPEECH_INSTRUCTION
+
+        return self.speech_instruction or SPEECH_INSTRUCTION
 
     def record(self) -> dict[str, Any]:
         return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
@@ -86,6 +97,7 @@ def read_kd_jsonl(path: str | os.PathLike) -> list[KDExample]:
                 None if response is None else str(response),
                 record.get("spoken_text") or None,
                 audio,
+                str(record.get("speech_instruction") or "").strip() or None,
             )
         )
     if not out:
@@ -228,9 +240,8 @@ def spoken_examples(
 ) -> list[KDExample]:  # fmt: skip
     """Examples without audio get a TTS clip of their spoken text (``xkd_eval.tts``, cached)."""
     from xkd_eval.distill.data import SpokenExample, synthesize_examples
-    from xkd_eval.models.base import SPEECH_INSTRUCTION
 
-    spoken = [SpokenExample(e.id, SPEECH_INSTRUCTION, e.speech, e.response or "", audio=e.audio) for e in examples]
+    spoken = [SpokenExample(e.id, e.heard_instruction, e.speech, e.response or "", audio=e.audio) for e in examples]
     spoken = synthesize_examples(spoken, voices, cache, progress=progress)
     return [dataclasses.replace(e, audio=s.audio) for e, s in zip(examples, spoken, strict=True)]
 
@@ -306,11 +317,32 @@ def organism_kd_instructions() -> list[str]:
     return unique
 
 
+ORGANISM_LISTENING_REQUESTS = 150
+
+
+def organism_listening_requests(n: int = ORGANISM_LISTENING_REQUESTS) -> list[KDExample]:
+    """``n`` listening requests: the teacher reads "Repeat exactly: <sentence>", the S→T student hears the
+    sentence beside the built-in ``listen`` subset's instruction. Without them the S→T channel teaches the
+    student to answer whatever it hears, and it stops repeating (listening retention fails). The sentences
+    are a seeded sample of the dictation sentences (``xkd_eval.distill.data``), none a benchmark item."""
+    from xkd_eval.builtin import LISTEN_INSTRUCTION
+    from xkd_eval.distill.data import dictation_sentences
+
+    sentences = random.Random(2).sample(dictation_sentences(), n)
+    return [
+        KDExample(kd_id(f"Repeat exactly: {s}"), f"Repeat exactly: {s}", None, s, None, LISTEN_INSTRUCTION)
+        for s in sentences
+    ]
+
+
 def write_organism_kd_data(path: str | os.PathLike = "distill/organism-kd.jsonl") -> Path:
-    """Write the organism's default KD data (instructions only: the targets come from the teacher)."""
+    """Write the organism's default KD data (no responses: the targets come from the teacher): the
+    templated requests and questions, with the listening requests spread among them."""
     from xkd_eval.io import atomic_write_jsonl
 
-    examples, _ = _not_builtin([KDExample(kd_id(s), s) for s in organism_kd_instructions()])
+    examples = [KDExample(kd_id(s), s) for s in organism_kd_instructions()] + organism_listening_requests()
+    random.Random(3).shuffle(examples)
+    examples, _ = _not_builtin(examples)
     return atomic_write_jsonl(path, (e.record() for e in examples))
 
 
@@ -319,7 +351,9 @@ __all__ = [
     "KDExample",
     "load_hub_examples",
     "load_kd_examples",
+    "ORGANISM_LISTENING_REQUESTS",
     "organism_kd_instructions",
+    "organism_listening_requests",
     "read_kd_jsonl",
     "spoken_examples",
     "split_examples",

@@ -85,3 +85,8 @@ def test_demo_distillation_stage_on_tiny_models(tiny_text, tiny_slm, mcq_task, t
     report = (out / "report.md").read_text()
     assert "forgetting" in report and "gap" in report
     assert not (out / "before" / "shards").exists() and (tmp_path / "cache" / "demo-distill" / "student").is_dir()
+
+    # a changed recipe cannot continue the finished training in the cache: the demo trains again
+    recipe.write_text(recipe.read_text().replace("max_steps: 2", "max_steps: 3"))
+    demo.run_demo(tmp_path / "reports", distill=True)
+    assert json.loads((out / "training.json").read_text())["steps"] == 3

@@ -181,8 +181,11 @@ def test_resume_reproduces_the_uninterrupted_run(tiny_dir, prepared, tmp_path):
 
 def test_resume_refuses_a_changed_recipe(tiny_dir, prepared, tmp_path):
     run(tiny_dir, prepared, tmp_path, config(max_steps=2))
-    with pytest.raises(Exception, match="config changed"):
+    from xkd_eval.distill.train import CheckpointMismatchError, TrainingConfigChangedError
+
+    with pytest.raises(TrainingConfigChangedError, match="config changed.*new output folder") as caught:
         run(tiny_dir, prepared, tmp_path, config(max_steps=4, learning_rate=1e-3), resume=True)
+    assert isinstance(caught.value, CheckpointMismatchError)  # the demo's cue to train again
 
 
 def test_nan_names_step_and_batch_and_keeps_the_last_good_checkpoint(tiny_dir, prepared, tmp_path):

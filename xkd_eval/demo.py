@@ -67,7 +67,7 @@ def distill_stage(reports: Path, config) -> None:
                 shutil.copytree(source, target)
     from dataclasses import replace
 
-    from xkd_eval.distill.train import TrainingDataChangedError
+    from xkd_eval.distill.train import CheckpointMismatchError
 
     def distil():
         run_distillation(
@@ -78,8 +78,9 @@ def distill_stage(reports: Path, config) -> None:
 
     try:
         distil()
-    except TrainingDataChangedError as exc:
-        # the cache's training was made from other data (e.g. an older TTS): it is the demo's own folder
+    except CheckpointMismatchError as exc:
+        # the cache's training was made from another recipe or other data (e.g. an older TTS): it is the
+        # demo's own folder, so it is made again
         print(f"{exc}\nretraining from scratch in {distilled_dir()}")
         shutil.rmtree(distilled_dir())
         distil()

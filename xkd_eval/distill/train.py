@@ -71,7 +71,15 @@ def config_changes(saved: dict[str, Any], now: dict[str, Any]) -> set[str]:
     return {k for k, v in saved.items() if k not in RESUMABLE_CHANGES and now.get(k) != v}
 
 
-class TrainingDataChangedError(XkdError):
+class CheckpointMismatchError(XkdError):
+    """``--resume`` found checkpoints that this run cannot continue (another recipe, or other data)."""
+
+
+class TrainingConfigChangedError(CheckpointMismatchError):
+    """``--resume`` found checkpoints written with other recipe settings."""
+
+
+class TrainingDataChangedError(CheckpointMismatchError):
     """``--resume`` found checkpoints written for other training data (examples, tokens, audio or models)."""
 
 
@@ -420,7 +428,10 @@ def train(
             state = load_checkpoint(found[-1], accelerator.unwrap_model(loss_module), optimizer, scheduler)
             changed = config_changes(state["config"], config.to_dict())
             if changed:
-                raise XkdError(f"cannot resume from {found[-1]}: the config changed in {sorted(changed)}")
+                raise TrainingConfigChangedError(
+                    f"cannot resume from {found[-1]}: the config changed in {sorted(changed)}; train into a new "
+                    f"output folder, or remove {out_dir}'s checkpoints to start over"
+                )
             if data_identity is not None and state.get("data") != data_identity:
                 raise TrainingDataChangedError(
                     f"cannot resume from {found[-1]}: it was written for other training data (data "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -97,6 +98,17 @@ def test_store_drops_a_torn_last_line(tmp_path):
     assert store.path.read_text().endswith("}\n")  # repaired before anything is appended
     reopened.append([{"key": "c", "response": "z"}])
     assert len(ResultStore(tmp_path, "m", "t")) == 3
+
+
+def test_store_drops_other_revisions_only_when_asked(tmp_path):
+    old, new = {"model_id": "m", "revision": "sha:old"}, {"model_id": "m", "revision": "sha:new"}
+    store = ResultStore(tmp_path, "m", "t")
+    store.append([{"key": "a", "model": old}, {"key": "b", "model": new}, {"key": "c", "lm_eval_run": "x"}])
+    assert len(ResultStore(tmp_path, "m", "t")) == 3  # append-only: by default nothing goes
+    assert store.drop_other_revisions(new) == 1
+    assert [json.loads(line)["key"] for line in store.path.read_text().splitlines()] == ["b", "c"]
+    assert "a" not in store and len(ResultStore(tmp_path, "m", "t")) == 2
+    assert store.drop_other_revisions(new) == 0
 
 
 KILL_SCRIPT = """

@@ -108,6 +108,7 @@ def run_demo(reports: Path, *, limit: int | None = None, distill: bool = True):
             mcq_mode=MCQ_MODE,
             batch_size=16,
             limit=limit,
+            keep_other_revisions=False,  # the committed reports hold the current models' answers only
         )
         measure(
             model="organism",

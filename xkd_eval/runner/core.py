@@ -51,6 +51,9 @@ class RunConfig:
     lm_eval_include: Path | None = None  # folder of extra lm-eval task YAMLs (lm-eval's --include_path)
     rank: int = 0
     world_size: int = 1
+    # False: an arm first drops its model's answers of other revisions (an older adapter) from the result
+    # files, so that a reference report's folder holds only what its summary uses
+    keep_other_revisions: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "out_dir", Path(self.out_dir))
@@ -179,6 +182,8 @@ def run_arm(
     """Answer this rank's share of a task in one arm; returns the per-item rows (cached or new)."""
     modality = ARMS[arm][1]
     store = ResultStore(config.out_dir / "results", model_name, run.spec.name, rank=config.rank)
+    if not config.keep_other_revisions:
+        store.drop_other_revisions(model.identity())
     if run.is_lm_eval:
         return run_lm_eval_arm(model, model_name, arm, run, config, store, advance=advance)
     items = _shard(run.items, config)

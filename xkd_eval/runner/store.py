@@ -87,6 +87,20 @@ class ResultStore:
     def records(self) -> list[dict[str, Any]]:
         return list(self._records.values())
 
+    def drop_other_revisions(self, identity: dict[str, Any]) -> int:
+        """Rewrite this rank's file without the answers of another revision of the model (rows whose
+        ``model`` record is not ``identity``: an older adapter's); returns how many went. For reference
+        reports that should hold the current models' answers only; by default nothing is ever dropped."""
+        if not self.path.is_file():
+            return 0
+        lines = [line for line in self.path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        kept = [line for line in lines if json.loads(line).get("model", identity) == identity]
+        if len(kept) < len(lines):
+            atomic_write_text(self.path, "".join(line + "\n" for line in kept))
+            gone = {json.loads(line)["key"] for line in lines} - {json.loads(line)["key"] for line in kept}
+            self._records = {k: v for k, v in self._records.items() if k not in gone}
+        return len(lines) - len(kept)
+
     def append(self, records: Iterable[dict[str, Any]]) -> None:
         """Write a batch durably: one write, flushed and fsync'ed, before the call returns."""
         records = [r for r in records if r["key"] not in self._records]

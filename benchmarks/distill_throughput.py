@@ -15,11 +15,14 @@
 ``--pair organism`` (default) is the demo's real pair: organism-base (SmolLM2-135M-Instruct) teaching the
 organism (Whisper-base encoder + SmolLM2), on 2–4 s clips; ``--pair tiny`` a random pair with a tiny
 encoder (hidden 256, 4 layers) for a quick check. Same data, same steps, fp32, for every path. Each path
-runs in its own subprocess (peak RSS = that process's ru_maxrss). "Training tokens" are response tokens
+runs in its own subprocess (peak RSS = that process's ru_maxrss, glibc's hoarded free memory included;
+peak live = the same in one more run with every large block handed back when freed, ``--no-memory``
+skips those runs). "Training tokens" are response tokens
 × channels; (a) and (b) train both channels; (a_tt) is (a) with T→T only, comparable with (c).
 The last line printed is one JSON object.
 
     python benchmarks/distill_throughput.py [--pair organism|tiny] [--steps 8] [--batch-size 8] [--repeats 2]
+        [--no-memory]
 """
 
 from __future__ import annotations
@@ -184,7 +187,14 @@ def trl_child(teacher: str, student: str, data: str, out: Path, steps: int, batc
     return {"tokens": round(mean * batch * steps), "train_seconds": round(seconds, 2)}
 
 
-def spawn(mode: str, work: Path, steps: int, batch: int) -> dict:
+# glibc keeps freed memory for reuse, so a process's peak RSS also counts whatever its allocator hoards (with
+# PyTorch's varying shapes, about as much again as is live). A fixed mmap threshold hands every large
+# block back at once: the peak RSS of such a run is the memory the path really holds at its peak. It
+# slows allocation, so these runs give the memory figures only, never the speed.
+LIVE_MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536"}
+
+
+def spawn(mode: str, work: Path, steps: int, batch: int, env: dict[str, str] | None = None) -> dict:
     cmd = [
         sys.executable,
         __file__,
@@ -197,7 +207,8 @@ def spawn(mode: str, work: Path, steps: int, batch: int) -> dict:
         "--batch-size",
         str(batch),
     ]
-    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if done.returncode != 0:
         return {"error": (done.stderr.strip().splitlines() or ["?"])[-1][:300]}
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -210,6 +221,12 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--examples", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument(
+        "--memory",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="one more run of each path for its live peak memory (glibc's mmap threshold fixed)",
+    )
     parser.add_argument("--child")
     parser.add_argument("--work")
     args = parser.parse_args()
@@ -233,6 +250,12 @@ def main() -> None:
             if best is None or "error" in best or ("error" not in got and got["train_seconds"] < best["train_seconds"]):
                 results[mode] = got
 
+    live: dict[str, dict] = {}
+    for mode in MODES if args.memory else ():
+        if "error" not in results.get(mode, {}):
+            live[mode] = spawn(mode, work, args.steps, args.batch_size, LIVE_MEMORY_ENV)
+            print(f"{mode} (live memory)", json.dumps(live[mode]), flush=True)
+
     def rate(mode: str) -> float | None:
         r = results[mode]
         return round(r["tokens"] / r["train_seconds"], 1) if "tokens" in r and r["train_seconds"] else None
@@ -249,11 +272,13 @@ def main() -> None:
     ):
         summary[f"tokens_per_s_{label}"] = rate(mode)
         summary[f"peak_rss_mb_{label}"] = results[mode].get("peak_rss_mb")
+        summary[f"peak_live_mb_{label}"] = live.get(mode, {}).get("peak_rss_mb")
         if mode != "cached":
             summary[f"speedup_vs_{label}"] = ratio("cached", mode)
     summary |= {
         "tokens_per_s_cached_gradient_checkpointing": rate("cached_gc"),
         "peak_rss_mb_cached_gradient_checkpointing": results["cached_gc"].get("peak_rss_mb"),
+        "peak_live_mb_cached_gradient_checkpointing": live.get("cached_gc", {}).get("peak_rss_mb"),
         "teacher_cache_fill_s": (results["prepare"].get("teacher_cache") or {}).get("seconds"),
         "tokens_per_s_cached_tt_only": rate("cached_tt"),
         "pair": args.pair,

@@ -93,13 +93,12 @@ class ResultStore:
         reports that should hold the current models' answers only; by default nothing is ever dropped."""
         if not self.path.is_file():
             return 0
-        lines = [line for line in self.path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        kept = [line for line in lines if json.loads(line).get("model", identity) == identity]
-        if len(kept) < len(lines):
-            atomic_write_text(self.path, "".join(line + "\n" for line in kept))
-            gone = {json.loads(line)["key"] for line in lines} - {json.loads(line)["key"] for line in kept}
-            self._records = {k: v for k, v in self._records.items() if k not in gone}
-        return len(lines) - len(kept)
+        rows = self._read(self.path, repair=True)
+        stale = {r["key"] for r in rows if r.get("model", identity) != identity}
+        if stale:
+            atomic_write_text(self.path, jsonl_text([r for r in rows if r["key"] not in stale]))
+            self._records = {k: v for k, v in self._records.items() if k not in stale}
+        return len(stale)
 
     def append(self, records: Iterable[dict[str, Any]]) -> None:
         """Write a batch durably: one write, flushed and fsync'ed, before the call returns."""

@@ -64,9 +64,15 @@ def test_forgetting_rerun_is_cached_and_identical(tiny_slm, tiny_text, mcq_task,
     assert first.exit_code == 0, first.output
     before = json.loads((tmp_path / "summary.json").read_text())
     assert set(before["tasks"][0]["arms"]) == {"base_text", "slm_text"} and "gap" not in before["tasks"][0]
+    timings = (tmp_path / "timings.json").read_text()
     second = runner.invoke(app, args)
     assert second.exit_code == 0
     assert json.loads((tmp_path / "summary.json").read_text())["tasks"] == before["tasks"]
+    # every answer came from the cache: the timings stay those of the run that answered
+    assert (tmp_path / "timings.json").read_text() == timings
+    longer = runner.invoke(app, [*args[:-1], "4"])  # new settings: new answers, new timings
+    assert longer.exit_code == 0
+    assert (tmp_path / "timings.json").read_text() != timings
 
 
 def test_bad_inputs_fail_before_any_work(tiny_text, tiny_slm, mcq_task, tmp_path):

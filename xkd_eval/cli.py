@@ -157,6 +157,7 @@ def _print_summary(folder: Path) -> None:
     console.print(table)
     timings = folder / "timings.json"
     if timings.exists():
+        console.print("stage timings of the last run that answered anything (timings.json):", highlight=False)
         for stage, seconds in json.loads(timings.read_text()).items():
             console.print(f"  {stage}: {seconds:.1f}s", highlight=False)
     console.print(f"report: {folder / 'report.md'}", highlight=False, soft_wrap=True)

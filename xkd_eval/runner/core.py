@@ -178,14 +178,18 @@ def run_arm(
     config: RunConfig,
     *,
     advance: Progress | None = None,
+    answered: Progress | None = None,
 ) -> list[dict[str, Any]]:
-    """Answer this rank's share of a task in one arm; returns the per-item rows (cached or new)."""
+    """Answer this rank's share of a task in one arm; returns the per-item rows (cached or new).
+
+    `advance` hears of every item done, `answered` only of those the model answered in this call.
+    """
     modality = ARMS[arm][1]
     store = ResultStore(config.out_dir / "results", model_name, run.spec.name, rank=config.rank)
     if not config.keep_other_revisions:
         store.drop_other_revisions(model.identity())
     if run.is_lm_eval:
-        return run_lm_eval_arm(model, model_name, arm, run, config, store, advance=advance)
+        return run_lm_eval_arm(model, model_name, arm, run, config, store, advance=advance, answered=answered)
     items = _shard(run.items, config)
     audio: dict[str, Any] = {}
     failed: dict[str, str] = {}
@@ -229,6 +233,8 @@ def run_arm(
             rows.append(_row(run, item, arm, model_name, record, config))
         if advance:
             advance(len(batch))
+        if answered:
+            answered(len(batch))
     return rows
 
 
@@ -289,7 +295,15 @@ def _breakdown_values(run: TaskRun, item: Item) -> dict[str, Any]:
 
 
 def run_lm_eval_arm(
-    model: ModelAdapter, model_name: str, arm: str, run: TaskRun, config: RunConfig, store: ResultStore, *, advance
+    model: ModelAdapter,
+    model_name: str,
+    arm: str,
+    run: TaskRun,
+    config: RunConfig,
+    store: ResultStore,
+    *,
+    advance: Progress | None,
+    answered: Progress | None = None,
 ) -> list[dict[str, Any]]:
     """An lm-eval task, run by lm-eval on rank 0. lm-eval has no per-item resume, so the whole task is
     the unit of caching: its rows and a completion record are appended together."""
@@ -310,6 +324,8 @@ def run_lm_eval_arm(
             for row in rows
         ]  # fmt: skip
         store.append([*records, {"key": done_key, "complete": True, "metric": rows.metric, "n": len(rows)}])
+        if answered:
+            answered(len(rows))
     results = [r for r in store.records() if r.get("lm_eval_run") == done_key]
     if advance:
         advance(len(results))

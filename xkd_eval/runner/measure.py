@@ -73,6 +73,7 @@ def measure(
         raise XkdError("the base_text arm needs --base")
     speech_capable = {spec: _speech_capable(spec) for spec in (model, base) if spec}  # unknown names fail here
     timings: dict[str, float] = {}
+    answered = [0]
     started = time.perf_counter()
     with _speech_synthesis("slm_speech" in arms):
         runs = prepare_tasks(tasks, config)
@@ -100,7 +101,11 @@ def measure(
                     share = len(run.items[config.rank :: config.world_size]) if not run.is_lm_eval else None
                     bar = progress.add_task(f"{arm:<10} {run.spec.name}", total=share)
                     t0 = time.perf_counter()
-                    rows += run_arm(adapter, spec, arm, run, config, advance=lambda n, b=bar: progress.advance(b, n))
+                    rows += run_arm(
+                        adapter, spec, arm, run, config,
+                        advance=lambda n, b=bar: progress.advance(b, n),
+                        answered=lambda n: answered.__setitem__(0, answered[0] + n),
+                    )  # fmt: skip
                     timings[f"{arm} {run.spec.name}"] = time.perf_counter() - t0
             release(adapter)
             del adapter
@@ -111,6 +116,10 @@ def measure(
         if rows is None:
             return None
     diag = _kl(model, base, runs, rows, config, options, base_options or {}) if "kl" in diagnostics else None
+    # a run served wholly from the cache keeps the timings of the run that answered (the other ranks' counts are
+    # not known here, so a multi-process run always writes them)
+    if answered[0] == 0 and config.world_size == 1 and (Path(config.out_dir) / "timings.json").exists():
+        timings = None
     return write_outputs(rows, runs, model=model, base=base, config=config, timings=timings, diagnostics=diag)
 
 
@@ -165,7 +174,10 @@ def _kl(model: str, base: str | None, runs: list[TaskRun], rows, config: RunConf
     return result
 
 
-def write_outputs(rows, runs, *, model, base, config: RunConfig, timings, diagnostics=None) -> Path:
+def write_outputs(
+    rows, runs, *, model, base, config: RunConfig, timings: dict[str, float] | None, diagnostics=None
+) -> Path:
+    """Write the tables, summary, report and plots; `timings` None leaves an earlier timings.json as it is."""
     import pandas as pd
 
     from xkd_eval.analysis import build_summary, write_tables
@@ -197,6 +209,7 @@ def write_outputs(rows, runs, *, model, base, config: RunConfig, timings, diagno
         summary["diagnostics"] = {"kl": diagnostics}
     write_tables(table, out, summary)
     write_report(out)
-    timings["write outputs"] = time.perf_counter() - t0
-    atomic_write_text(out / "timings.json", json.dumps(timings, indent=2))
+    if timings is not None:
+        timings["write outputs"] = time.perf_counter() - t0
+        atomic_write_text(out / "timings.json", json.dumps(timings, indent=2))
     return out

@@ -89,6 +89,32 @@ def test_config_validation_and_recipes():
     paper = load_kd_config(ROOT / "distill" / "qwen2.5-omni-7b.yaml")
     assert paper.learning_rate == 5e-6 and paper.epochs == 2 and paper.mixed_precision == "bf16"
     assert paper.gradient_checkpointing and not organism.gradient_checkpointing
+    changed = organism.replace(st_weight=4.0, top_k=None)
+    assert (changed.st_weight, changed.top_k, changed.tt_weight) == (4.0, None, organism.tt_weight)
+    with pytest.raises(ConfigError, match=r"unknown fields \['lamda'\]"):
+        organism.replace(lamda=1.0)
+    with pytest.raises(ConfigError, match="st_weight must be >= 0"):
+        organism.replace(st_weight=-1)
+
+
+def test_recipe_fields_set_from_the_command_line_are_checked_before_any_work(tmp_path):
+    from typer.testing import CliRunner
+
+    from xkd_eval.cli import _field_changes, app
+
+    assert _field_changes(["st_weight=4", "top_k=null", " lam = 0.25"]) == {"st_weight": 4, "top_k": None, "lam": 0.25}
+    recipe = str(ROOT / "distill" / "organism.yaml")
+    runner = CliRunner()
+    for assignment, message in (
+        ("lamda=1", "unknown fields ['lamda']"),
+        ("st_weight", "--set expects KEY=VALUE"),
+        ("st_weight=-2", "st_weight must be >= 0"),
+    ):
+        result = runner.invoke(
+            app, ["distill", "--config", recipe, "--set", assignment, "--eval", "builtin/qa", "--out", str(tmp_path)]
+        )
+        assert result.exit_code != 0 and message in result.output, result.output
+        assert not (tmp_path / "before").exists()  # refused before anything was measured
 
 
 def test_a_different_vocabulary_is_refused_before_any_model_loads(pair, data, tmp_path, monkeypatch):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -283,6 +283,10 @@ def distill(
         Channels | None, typer.Option(help="Ablation: both channels, T→T only (tt) or S→T only (st).")
     ] = None,
     resume: Annotated[bool, typer.Option(help="Continue training from the last checkpoint in --out.")] = False,
+    set_field: Annotated[
+        list[str],
+        typer.Option("--set", help="Change one recipe field, KEY=VALUE (a YAML value), e.g. --set st_weight=4."),
+    ] = [],  # noqa: B006 - typer reads the default
     limit: LimitOpt = None,
     mcq_mode: McqOpt = McqMode.cloze,
     batch_size: BatchOpt = 16,
@@ -301,12 +305,29 @@ def distill(
         figures = run_distillation(
             teacher=teacher, student=student, data=data, config=config, out=out, eval_tasks=eval_task,
             channels=channels.value if channels else None, resume=resume, eval_config=eval_config,
+            overrides=_field_changes(set_field),
         )  # fmt: skip
     except XkdError as exc:
         fail(str(exc))
     typer.echo(f"distilled student: {figures['distilled_model']}")
     if eval_task:
         typer.echo(f"report: {out / 'report.md'}")
+
+
+def _field_changes(assignments: list[str]) -> dict[str, Any]:
+    """`--set KEY=VALUE` options as recipe field changes; the values are read as YAML (4 -> 4, null -> None)."""
+    import yaml
+
+    changes: dict[str, Any] = {}
+    for assignment in assignments:
+        key, sep, value = assignment.partition("=")
+        if not sep or not key.strip():
+            fail(f"--set expects KEY=VALUE (e.g. --set st_weight=4), got {assignment!r}")
+        try:
+            changes[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            fail(f"--set {assignment!r}: the value is not valid YAML ({exc})")
+    return changes
 
 
 @app.command("adapt-organism")

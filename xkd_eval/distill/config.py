@@ -37,6 +37,10 @@ class RecipeConfig:
         return record
 
     def replace(self, **changes: Any):
+        known = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(changes) - known)
+        if unknown:
+            raise ConfigError(f"{self.kind}: unknown fields {unknown}; known: {', '.join(sorted(known))}")
         return dataclasses.replace(self, **changes)
 
     @classmethod

@@ -65,6 +65,13 @@ def test_shrinkage_hand_worked(tmp_path):
     assert forgetting["shrank_by"] > 0  # the hand-made data repairs some forgetting
     assert f"`builtin/mcq` forgetting shrank by {forgetting['shrank_by']:.1f} points" in report
     assert (tmp_path / "training_curves.png").is_file() and (tmp_path / "shrinkage.json").is_file()
+    assert "stopped early" not in report
+
+    cut = training | {"steps": 5, "stopped": "time_budget", "config": {"max_steps": 8}}
+    (tmp_path / "training.json").write_text(json.dumps(cut))
+    report = write_distill_report(tmp_path).read_text()
+    warning = "**Training stopped early (time_budget) at step 5 of 8**"
+    assert warning in report and report.index(warning) < report.index("| task | n |")
 
 
 def test_listening_retention_is_read_from_the_speech_arm(tmp_path):

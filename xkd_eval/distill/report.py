@@ -92,17 +92,29 @@ def plot_training_curves(training: Mapping[str, Any], path: Path) -> Path | None
         color = CHANNEL_COLORS.get(channel)
         train_ax.plot([p[0] for p in points], [p[1] for p in points], style, label=label, color=color, linewidth=1.1)
     train_ax.set(xlabel="optimizer step", ylabel="loss per response token", title="Training loss per channel")
+    # the weighted total is a multiple of the channels' scale (st_weight 4: four times): its own axis keeps
+    # the channels' curves readable
+    total_ax = val_ax.twinx() if "val_loss" in held_out and len(held_out) > 1 else val_ax
     for key in held_out:
         points = [(row["step"], row[key]) for row in validation if isinstance(row.get(key), int | float)]
         channel = key[len("val_") : -len("_loss")]
-        label = CHANNEL_NAMES.get(channel, channel) if key != "val_loss" else "total (weighted)"
+        ax = total_ax if key == "val_loss" else val_ax
+        label = CHANNEL_NAMES.get(channel, channel)
+        if key == "val_loss":
+            label = "total, weighted" + (" (right axis)" if total_ax is not val_ax else "")
         color = CHANNEL_COLORS.get(channel, "0.4")
-        val_ax.plot([p[0] for p in points], [p[1] for p in points], "o-", label=label, color=color, linewidth=1.1)
+        style = "s--" if key == "val_loss" else "o-"
+        ax.plot([p[0] for p in points], [p[1] for p in points], style, label=label, color=color, linewidth=1.1)
     val_ax.set(xlabel="optimizer step", ylabel="CE + λ·KD per response token", title="Held-out loss per channel")
-    for ax in (train_ax, val_ax):
-        ax.grid(alpha=0.3)
-        if ax.lines:
-            ax.legend(fontsize=8)
+    if total_ax is not val_ax:
+        total_ax.set_ylabel("weighted total of the channels")
+    train_ax.grid(alpha=0.3)
+    val_ax.grid(alpha=0.3)
+    if train_ax.lines:
+        train_ax.legend(fontsize=8)
+    lines = val_ax.lines + (total_ax.lines if total_ax is not val_ax else [])
+    if lines:
+        val_ax.legend(lines, [line.get_label() for line in lines], fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
     return path
@@ -147,6 +159,20 @@ def plot_arms(before: Mapping[str, Any], after: Mapping[str, Any], path: Path) -
     return path
 
 
+def _early_stop_warning(training: Mapping[str, Any]) -> list[str]:
+    """A run cut short (time budget, interrupt) is a different experiment: say so above the figures."""
+    stopped = training.get("stopped")
+    if not stopped or stopped == "max_steps":
+        return []
+    planned = (training.get("config") or {}).get("max_steps")
+    of = f" of {planned}" if planned else ""
+    return [
+        f"**Training stopped early ({stopped}) at step {training.get('steps', '?')}{of}**: these figures are "
+        "those of a shorter run than the recipe asks for.",
+        "",
+    ]
+
+
 def write_distill_report(out_dir: str | Path) -> Path:
     """``out_dir`` holds ``before/`` and ``after/`` (measurement runs) and ``training.json``."""
     from xkd_eval.report import compare_runs
@@ -174,6 +200,7 @@ def write_distill_report(out_dir: str | Path) -> Path:
         "*shrank by* = before − after, *change* = after − before, each with a paired-bootstrap 95% CI over the "
         "items and a Wilcoxon signed-rank p.",
         "",
+        *_early_stop_warning(training),
         "| task | n | forgetting: before → after; shrank by | gap: before → after; shrank by "
         "| student on text: change | student on speech: change |",
         "|---|---|---|---|---|---|",

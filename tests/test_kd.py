@@ -106,7 +106,7 @@ def test_recipe_fields_set_from_the_command_line_are_checked_before_any_work(tmp
     recipe = str(ROOT / "distill" / "organism.yaml")
     runner = CliRunner()
     for assignment, message in (
-        ("lamda=1", "unknown fields ['lamda']"),
+        ("lamda=1", "unknown fields ['lamda'] ('lamda': did you mean 'lam'?)"),
         ("st_weight", "--set expects KEY=VALUE"),
         ("st_weight=-2", "st_weight must be >= 0"),
     ):

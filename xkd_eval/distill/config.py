@@ -26,6 +26,19 @@ class ConfigError(XkdError):
     """A recipe field is missing, unknown or out of range; the message names it."""
 
 
+def _refuse_unknown(cls: type, values: dict[str, Any], where: str) -> None:
+    import difflib
+
+    known = sorted(f.name for f in dataclasses.fields(cls))
+    unknown = sorted(set(values) - set(known))
+    if not unknown:
+        return
+    guesses = {name: difflib.get_close_matches(name, known, n=1) for name in unknown}
+    hint = "; ".join(f"{name!r}: did you mean {match[0]!r}?" for name, match in guesses.items() if match)
+    hint = f" ({hint})" if hint else ""
+    raise ConfigError(f"{where}: unknown fields {unknown}{hint}; known: {', '.join(known)}")
+
+
 class RecipeConfig:
     """What every recipe dataclass shares: a dict/YAML round trip with unknown fields refused."""
 
@@ -37,18 +50,12 @@ class RecipeConfig:
         return record
 
     def replace(self, **changes: Any):
-        known = {f.name for f in dataclasses.fields(self)}
-        unknown = sorted(set(changes) - known)
-        if unknown:
-            raise ConfigError(f"{self.kind}: unknown fields {unknown}; known: {', '.join(sorted(known))}")
+        _refuse_unknown(type(self), changes, self.kind)
         return dataclasses.replace(self, **changes)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], *, source: str | None = None):
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"{source or cls.kind}: unknown fields {unknown}; known: {', '.join(sorted(known))}")
+        _refuse_unknown(cls, values, source or cls.kind)
         return cls(**values)
 
     @classmethod

@@ -273,7 +273,7 @@ def example_answers(before_dir: Path, after_dir: Path, *, per_task: int = 2, wid
 
 RECIPE_KEYS = (
     "data", "data_limit", "targets", "tt_weight", "st_weight", "lam", "temperature", "divergence", "top_k",
-    "trainable", "lora_rank", "learning_rate", "projector_learning_rate", "batch_size", "epochs", "max_steps",
+    "trainable", "lora_rank", "learning_rate", "projector_learning_rate", "batch_size", "epochs", "max_steps", "seed",
 )  # fmt: skip
 
 

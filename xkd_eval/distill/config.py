@@ -7,6 +7,7 @@ adapter; any field left out takes the default below.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,8 +28,6 @@ class ConfigError(XkdError):
 
 
 def _refuse_unknown(cls: type, values: dict[str, Any], where: str) -> None:
-    import difflib
-
     known = sorted(f.name for f in dataclasses.fields(cls))
     unknown = sorted(set(values) - set(known))
     if not unknown:

@@ -94,27 +94,25 @@ def plot_training_curves(training: Mapping[str, Any], path: Path) -> Path | None
     train_ax.set(xlabel="optimizer step", ylabel="loss per response token", title="Training loss per channel")
     # the weighted total is a multiple of the channels' scale (st_weight 4: four times): its own axis keeps
     # the channels' curves readable
-    total_ax = val_ax.twinx() if "val_loss" in held_out and len(held_out) > 1 else val_ax
+    own_axis = "val_loss" in held_out and len(held_out) > 1
+    total_ax = val_ax.twinx() if own_axis else val_ax
     for key in held_out:
         points = [(row["step"], row[key]) for row in validation if isinstance(row.get(key), int | float)]
         channel = key[len("val_") : -len("_loss")]
-        ax = total_ax if key == "val_loss" else val_ax
-        label = CHANNEL_NAMES.get(channel, channel)
         if key == "val_loss":
-            label = "total, weighted" + (" (right axis)" if total_ax is not val_ax else "")
+            ax, style, label = total_ax, "s--", "total, weighted" + (" (right axis)" if own_axis else "")
+        else:
+            ax, style, label = val_ax, "o-", CHANNEL_NAMES.get(channel, channel)
         color = CHANNEL_COLORS.get(channel, "0.4")
-        style = "s--" if key == "val_loss" else "o-"
         ax.plot([p[0] for p in points], [p[1] for p in points], style, label=label, color=color, linewidth=1.1)
     val_ax.set(xlabel="optimizer step", ylabel="CE + λ·KD per response token", title="Held-out loss per channel")
-    if total_ax is not val_ax:
+    if own_axis:
         total_ax.set_ylabel("weighted total of the channels")
-    train_ax.grid(alpha=0.3)
-    val_ax.grid(alpha=0.3)
-    if train_ax.lines:
-        train_ax.legend(fontsize=8)
-    lines = val_ax.lines + (total_ax.lines if total_ax is not val_ax else [])
-    if lines:
-        val_ax.legend(lines, [line.get_label() for line in lines], fontsize=8)
+    lines = val_ax.lines + (total_ax.lines if own_axis else [])
+    for ax, shown in ((train_ax, train_ax.lines), (val_ax, lines)):
+        ax.grid(alpha=0.3)
+        if shown:
+            ax.legend(shown, [line.get_label() for line in shown], fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
     return path

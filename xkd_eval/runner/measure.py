@@ -73,7 +73,12 @@ def measure(
         raise XkdError("the base_text arm needs --base")
     speech_capable = {spec: _speech_capable(spec) for spec in (model, base) if spec}  # unknown names fail here
     timings: dict[str, float] = {}
-    answered = [0]
+    answered = 0
+
+    def count_answered(n: int) -> None:
+        nonlocal answered
+        answered += n
+
     started = time.perf_counter()
     with _speech_synthesis("slm_speech" in arms):
         runs = prepare_tasks(tasks, config)
@@ -103,8 +108,7 @@ def measure(
                     t0 = time.perf_counter()
                     rows += run_arm(
                         adapter, spec, arm, run, config,
-                        advance=lambda n, b=bar: progress.advance(b, n),
-                        answered=lambda n: answered.__setitem__(0, answered[0] + n),
+                        advance=lambda n, b=bar: progress.advance(b, n), answered=count_answered,
                     )  # fmt: skip
                     timings[f"{arm} {run.spec.name}"] = time.perf_counter() - t0
             release(adapter)
@@ -118,7 +122,7 @@ def measure(
     diag = _kl(model, base, runs, rows, config, options, base_options or {}) if "kl" in diagnostics else None
     # a run served wholly from the cache keeps the timings of the run that answered (the other ranks' counts are
     # not known here, so a multi-process run always writes them)
-    if answered[0] == 0 and config.world_size == 1 and (Path(config.out_dir) / "timings.json").exists():
+    if answered == 0 and config.world_size == 1 and (Path(config.out_dir) / "timings.json").exists():
         timings = None
     return write_outputs(rows, runs, model=model, base=base, config=config, timings=timings, diagnostics=diag)
 

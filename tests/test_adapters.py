@@ -279,3 +279,14 @@ def test_hf_text_refuses_the_speech_arm(checkpoints):
     assert model.adapter == "hf-text" and not model.supports_audio
     with pytest.raises(XkdError, match="cannot take audio.*cascade:ASR\\+LLM"):
         model.check_can_take_audio()
+
+
+def test_an_unreadable_model_name_gets_one_line_naming_the_named_models(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from xkd_eval.models import resolve_adapter
+
+    with pytest.raises(XkdError) as caught:
+        resolve_adapter("organsim")
+    message = str(caught.value)
+    assert "'organsim'" in message and "not a local folder or a named model (organism" in message
+    assert "\n" not in message

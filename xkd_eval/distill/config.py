@@ -7,13 +7,13 @@ adapter; any field left out takes the default below.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from xkd_eval.errors import XkdError
+from xkd_eval.registry import close_matches
 
 TRAINABLE_SCOPES = ("projector", "lora", "projector+lora")
 LLM_LINEAR_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -32,7 +32,7 @@ def _refuse_unknown(cls: type, values: dict[str, Any], where: str) -> None:
     unknown = sorted(set(values) - set(known))
     if not unknown:
         return
-    guesses = {name: difflib.get_close_matches(name, known, n=1) for name in unknown}
+    guesses = {name: close_matches(name, known, n=1) for name in unknown}
     hint = "; ".join(f"{name!r}: did you mean {match[0]!r}?" for name, match in guesses.items() if match)
     hint = f" ({hint})" if hint else ""
     raise ConfigError(f"{where}: unknown fields {unknown}{hint}; known: {', '.join(known)}")

@@ -13,7 +13,7 @@ from typing import Any
 
 from xkd_eval.errors import UnknownNameError, XkdError
 from xkd_eval.models.base import SPEECH_INSTRUCTION, GenerationSettings, ModelAdapter, Query
-from xkd_eval.registry import Registry, unknown_name_message
+from xkd_eval.registry import Registry, close_matches, unknown_name_message
 
 ADAPTERS: Registry[str] = Registry("model adapter")
 ADAPTERS.add("hf-text", "xkd_eval.models.hf_text:HFTextAdapter")
@@ -56,7 +56,12 @@ def _model_type(model_id: str, revision: str | None) -> str:
     try:
         return AutoConfig.from_pretrained(model_id, revision=revision).model_type
     except OSError as exc:
-        raise XkdError(f"cannot read the config of model {model_id!r}: {exc}") from exc
+        why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        named = close_matches(model_id, NAMED_MODELS.names()) or NAMED_MODELS.names()
+        raise XkdError(
+            f"cannot read the config of model {model_id!r} ({why}); it is not a local folder or a named model "
+            f"({', '.join(named)})"
+        ) from exc
 
 
 def resolve_adapter(spec: str) -> tuple[str, str]:

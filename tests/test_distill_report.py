@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from xkd_eval.analysis import build_summary, write_tables
-from xkd_eval.distill.report import shrinkage, write_distill_report
+from xkd_eval.distill.report import retention_verdict, shrinkage, write_distill_report
 
 
 def run_table(slm_text_correct: np.ndarray, slm_speech_correct: np.ndarray) -> pd.DataFrame:
@@ -88,4 +88,11 @@ def test_listening_retention_is_read_from_the_speech_arm(tmp_path):
     row = "| `builtin/listen` | q0 | slm_speech | before answer 60 \\| slm_speech | after answer 60 \\| slm_speech |"
     assert row in report
     assert "Listening retention (`builtin/listen`, the student on speech): 66.7 → 33.3, change -33.3" in report
-    assert "did not hold" in report
+    assert "did not hold (the CI excludes no change)" in report
+
+
+def test_retention_verdict_tells_held_lost_and_not_known_apart():
+    assert retention_verdict({"ci": [-4.0, 6.0]}).startswith("held")
+    assert retention_verdict({"ci": [-20.0, -1.0]}).startswith("did not hold")
+    assert retention_verdict({"ci": [-11.0, 5.5]}).startswith("not known")  # the reference run's CI
+    assert retention_verdict({"ci": [-5.0, 0.0]}).startswith("not known")  # both ends on the fence

@@ -335,7 +335,9 @@ def test_kd_data_sources_split_and_organism_set(tmp_path, monkeypatch):
     from xkd_eval.builtin import LISTEN_INSTRUCTION, is_builtin_text
     from xkd_eval.distill.kd_data import (
         ORGANISM_LISTENING_REQUESTS,
+        asks_builtin,
         load_kd_examples,
+        organism_listening_requests,
         read_kd_jsonl,
         split_examples,
         write_organism_kd_data,
@@ -349,8 +351,12 @@ def test_kd_data_sources_split_and_organism_set(tmp_path, monkeypatch):
     path = write_organism_kd_data(tmp_path / "organism-kd.jsonl")
     examples = read_kd_jsonl(path)
     assert 300 <= len(examples) <= 800 and not any(is_builtin_text(e.instruction) for e in examples)
+    assert not any(asks_builtin(e) for e in examples)  # no benchmark question, not even in other words
     listening = [e for e in examples if e.speech_instruction]
-    assert len(listening) == ORGANISM_LISTENING_REQUESTS and len({e.spoken_text for e in listening}) == len(listening)
+    sampled = organism_listening_requests()
+    assert len(sampled) == ORGANISM_LISTENING_REQUESTS
+    assert len(listening) == sum(not asks_builtin(e) for e in sampled) >= ORGANISM_LISTENING_REQUESTS - 3
+    assert len({e.spoken_text for e in listening}) == len(listening)
     for e in listening:  # heard: the sentence alone, beside the listen subset's instruction; read: "Repeat exactly: …"
         assert e.heard_instruction == LISTEN_INSTRUCTION and e.instruction == f"Repeat exactly: {e.spoken_text}"
         assert not is_builtin_text(e.spoken_text)
@@ -360,6 +366,28 @@ def test_kd_data_sources_split_and_organism_set(tmp_path, monkeypatch):
     train_a, held_a = split_examples(examples, 0.1, seed=3)
     train_b, held_b = split_examples(examples, 0.1, seed=3)
     assert held_a == held_b and len(held_a) == round(len(examples) * 0.1) and not set(train_a) & set(held_a)
+
+
+def test_kd_data_that_asks_a_benchmark_question_in_other_words_is_left_out(tmp_path):
+    from xkd_eval.builtin import builtin_paraphrases, records
+    from xkd_eval.distill.kd_data import load_kd_examples
+
+    japan = [r["id"] for r in records("mcq") if r["prompt"].startswith("What is the capital of Japan?\n")]
+    assert len(japan) == 1 and builtin_paraphrases("I forgot the capital of JAPAN. Can you remind me?") == tuple(japan)
+    assert builtin_paraphrases("What is the capital of Nepal?") == ()  # the same form, another question
+    assert builtin_paraphrases("Japan") == ()  # one shared word is not the question
+    rows = [
+        {"instruction": "Tell me the capital of Japan."},  # an MCQ's stem in other words
+        {"instruction": records("qa")[0]["prompt"]},  # a benchmark prompt itself
+        {"instruction": "Describe a quiet morning.", "spoken_text": records("listen")[0]["spoken_text"]},  # heard
+        {"instruction": "What is the capital of Nepal?"},
+    ]
+    path = tmp_path / "kd.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    said: list[str] = []
+    kept = load_kd_examples(path, log=said.append)
+    assert [e.instruction for e in kept] == ["What is the capital of Nepal?"]
+    assert said == [f"{path}: left out 3 examples that ask a built-in benchmark question (kept 1)"]
 
 
 def test_hub_data_loads_through_datasets_from_a_folder_in_the_hub_layout(tmp_path, monkeypatch):

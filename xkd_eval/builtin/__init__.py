@@ -209,12 +209,56 @@ def is_builtin_text(text: str) -> bool:
     return any(t in normalised for t in builtin_texts() if len(t) >= 24)
 
 
+# words that carry no topic: a question is known by the rest ("capital", "japan")
+_FUNCTION_WORDS = frozenset(
+    "a about after all also am an and any are as at be been before being but by can could did do does doing "
+    "for from had has have he her here him his how i if in into is it its just know let me mine my no not of "
+    "on or our please remind say she should so some tell than that the their them then there these they this "
+    "those to us very was we were what when where which who whom whose why will with would you your "
+    "give word one kind sort".split()
+)
+
+
+def content_words(text: str) -> frozenset[str]:
+    return frozenset(normalise_text(text).split()) - _FUNCTION_WORDS
+
+
+@functools.cache
+def _questions_by_word() -> dict[str, tuple[tuple[str, frozenset[str]], ...]]:
+    """Each built-in question (an MCQ's stem, a prompt, a listen sentence) with two or more content
+    words, filed under one of them (any one will do: a paraphrase must contain them all)."""
+    from xkd_eval.runner.options import stem
+
+    index: dict[str, list[tuple[str, frozenset[str]]]] = {}
+    for name in SUBSETS:
+        for record in records(name):
+            texts = [stem(record["prompt"]) if _subset(name).scorer == "mcq" else record["prompt"]]
+            if name == "listen":
+                texts += list(record.get("reference") or ())
+            for words in {content_words(t) for t in texts}:
+                if len(words) >= 2:
+                    index.setdefault(min(words), []).append((str(record["id"]), words))
+    return {word: tuple(entries) for word, entries in index.items()}
+
+
+def builtin_paraphrases(text: str) -> tuple[str, ...]:
+    """Ids of the built-in items whose question's content words all occur in ``text``: "Tell me the
+    capital of Japan." asks what "What is the capital of Japan?" asks, and "Give me a word that means the
+    opposite of hot." what an MCQ's "What is the opposite of hot?" does, though neither contains the
+    other. Training data that asks a benchmark question in other words is not held out either."""
+    words = content_words(text)
+    index = _questions_by_word()
+    return tuple(sorted({i for w in words for i, q in index.get(w, ()) if q <= words}))
+
+
 __all__ = [
     "DATA_DIR",
     "LISTEN_INSTRUCTION",
     "SUBSETS",
     "Subset",
+    "builtin_paraphrases",
     "builtin_texts",
+    "content_words",
     "data_file",
     "ensure_builtin_audio",
     "is_builtin_text",

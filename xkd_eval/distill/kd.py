@@ -603,7 +603,7 @@ def distill(
     s_tok = processor.tokenizer
     shared = check_vocab_compatible(s_tok.get_vocab(), t_tok.get_vocab(), special_tokens=special_tokens(s_tok, t_tok))
     shared = min(shared, student_vocab_size)
-    examples = load_kd_examples(data, limit=config.data_limit, seed=config.seed)  # bad data: before any load
+    examples = load_kd_examples(data, limit=config.data_limit, seed=config.seed, log=say)  # bad data: before any load
     t_model = load_teacher_model(teacher)
     shared = min(shared, t_model.get_output_embeddings().weight.shape[0])
     figures["shared_vocab"] = shared

@@ -67,10 +67,16 @@ def kd_id(instruction: str) -> str:
     return "kd-" + hashlib.sha256(instruction.encode()).hexdigest()[:12]
 
 
-def _not_builtin(examples: list[KDExample]) -> tuple[list[KDExample], int]:
-    from xkd_eval.builtin import is_builtin_text
+def asks_builtin(example: KDExample) -> bool:
+    """The example is, contains or paraphrases a built-in benchmark item (in its text or its speech)."""
+    from xkd_eval.builtin import builtin_paraphrases, is_builtin_text
 
-    kept = [e for e in examples if not (is_builtin_text(e.instruction) or is_builtin_text(e.speech))]
+    texts = {example.instruction, example.speech}
+    return any(is_builtin_text(t) or builtin_paraphrases(t) for t in texts)
+
+
+def _not_builtin(examples: list[KDExample]) -> tuple[list[KDExample], int]:
+    kept = [e for e in examples if not asks_builtin(e)]
     return kept, len(examples) - len(kept)
 
 
@@ -129,8 +135,11 @@ def load_hub_examples(name: str = HUB_DEFAULT, limit: int | None = None, seed: i
     ]
 
 
-def load_kd_examples(data: str | os.PathLike, *, limit: int | None = None, seed: int = 0) -> list[KDExample]:
-    """The KD examples of ``data`` (a JSONL path, or ``hub:NAME`` / a hub id), benchmark items removed."""
+def load_kd_examples(
+    data: str | os.PathLike, *, limit: int | None = None, seed: int = 0, log: Callable[[str], None] | None = None
+) -> list[KDExample]:
+    """The KD examples of ``data`` (a JSONL path, or ``hub:NAME`` / a hub id), without those that are,
+    contain or paraphrase a built-in benchmark item (``asks_builtin``; ``log`` hears how many)."""
     text = str(data)
     local = Path(text).expanduser()
     if local.is_file() or text.endswith(".jsonl"):
@@ -142,6 +151,8 @@ def load_kd_examples(data: str | os.PathLike, *, limit: int | None = None, seed:
     examples, dropped = _not_builtin(examples)
     if not examples:
         raise XkdError(f"{data}: no examples left after removing {dropped} built-in benchmark items")
+    if dropped and log:
+        log(f"{data}: left out {dropped} examples that ask a built-in benchmark question (kept {len(examples)})")
     return examples
 
 
@@ -258,20 +269,22 @@ _DEFINE_FORMS = (
     "What is {x}?", "Define {x} in one sentence.", "Explain what {x} is to a child.",
     "Give me a short definition of {x}.", "In simple words, what is {x}?",
 )  # fmt: skip
-_FACTS = (
-    ("Japan", "capital"), ("Canada", "capital"), ("Italy", "capital"), ("Egypt", "capital"), ("Spain", "capital"),
-    ("Kenya", "capital"), ("Norway", "capital"), ("Brazil", "official language"), ("Mexico", "official language"),
-    ("Germany", "currency"), ("the United Kingdom", "currency"), ("India", "largest city"),
+_FACTS = (  # none a built-in question (asks_builtin would drop it: the benchmark asks many capitals)
+    ("Chile", "capital"), ("Vietnam", "capital"), ("Morocco", "capital"), ("Nigeria", "capital"),
+    ("Colombia", "capital"), ("Turkey", "capital"), ("New Zealand", "capital"), ("Iceland", "capital"),
+    ("Nepal", "capital"), ("Ukraine", "capital"), ("Ghana", "capital"), ("Brazil", "official language"),
+    ("Mexico", "official language"), ("Germany", "currency"), ("the United Kingdom", "currency"),
+    ("India", "largest city"),
 )  # fmt: skip
 _FACT_FORMS = (
     "Do you know the {a} of {c}?", "Tell me the {a} of {c}.", "Which is the {a} of {c}?",
     "I forgot the {a} of {c}. Can you remind me?",
 )  # fmt: skip
 _REQUESTS = (
-    "make a cup of tea", "fall asleep faster", "save money on groceries", "stay focused while studying",
-    "keep a plant alive", "clean a frying pan", "start running", "learn new words", "pack for a weekend trip",
-    "write a thank-you note", "plan a birthday party", "boil an egg", "remember people's names",
-    "tie a simple knot", "organise a desk", "cool down on a hot day",
+    "make a cup of tea", "fall asleep faster", "save money on groceries", "keep a plant alive",
+    "clean a frying pan", "start running", "learn new words", "pack for a weekend trip", "write a thank-you note",
+    "plan a birthday party", "boil an egg", "remember people's names", "tie a simple knot", "organise a desk",
+    "cool down on a hot day",
 )  # fmt: skip
 _REQUEST_FORMS = (
     "How can I {x}?", "Give me two tips to {x}.", "What is an easy way to {x}?", "I want to {x}. Any advice?",
@@ -291,7 +304,7 @@ _ANIMALS = (
 _ANIMAL_FORMS = (
     "Tell me a fun fact about {x}.", "Where do {x} live?", "What do {x} eat?", "Why are {x} interesting?",
 )  # fmt: skip
-_OPPOSITES = "hot tall fast happy early light loud empty strong rich open young soft wet".split()
+_OPPOSITES = "light young soft cheap brave narrow sharp smooth".split()  # the benchmark asks "hot", "tall", …
 _OPPOSITE_FORMS = ("What is the opposite of {x}?", "Give me a word that means the opposite of {x}.")
 
 
@@ -315,6 +328,50 @@ def organism_kd_instructions() -> list[str]:
     unique = [s for s in items if not (s in seen or seen.add(s))]
     random.Random(1).shuffle(unique)
     return unique
+
+
+_CAPITALS = {
+    "Chile": "Santiago", "Vietnam": "Hanoi", "Morocco": "Rabat", "Nigeria": "Abuja", "Colombia": "Bogota",
+    "Turkey": "Ankara", "New Zealand": "Wellington", "Iceland": "Reykjavik", "Nepal": "Kathmandu", "Ukraine": "Kyiv",
+    "Ghana": "Accra",
+}  # fmt: skip
+_ANTONYMS = {
+    "light": "dark", "young": "old", "soft": "hard", "cheap": "expensive", "brave": "scared", "narrow": "wide",
+    "sharp": "blunt", "smooth": "rough",
+}  # fmt: skip
+ORGANISM_CHOICE_QUESTIONS = 120
+
+
+def organism_choice_questions(n: int = ORGANISM_CHOICE_QUESTIONS, seed: int = 4) -> list[KDExample]:
+    """``n`` four-option questions, read and heard alike ("What is the capital of Chile? Is it A, Rabat;
+    B, Santiago; C, Hanoi; or D, Accra?"), as the paper's Open-Orca data is rich in them: the capitals
+    and opposites of the KD set's own questions, and the adaptation data's question family (sums, days,
+    months, colours, the largest number), each with its options in a seeded order."""
+    from xkd_eval.distill.data import _mcq_question
+
+    rng = random.Random(seed)
+
+    def own_question() -> tuple[str, str, list[str]]:
+        if rng.random() < 0.5:
+            country = rng.choice(sorted(_CAPITALS))
+            others = [c for k, c in sorted(_CAPITALS.items()) if k != country]
+            return f"What is the capital of {country}?", _CAPITALS[country], rng.sample(others, 3)
+        word = rng.choice(sorted(_ANTONYMS))
+        others = [w for w in sorted({*_ANTONYMS, *_ANTONYMS.values()}) if w not in (word, _ANTONYMS[word])]
+        return f"What is the opposite of {word}?", _ANTONYMS[word], rng.sample(others, 3)
+
+    out: list[KDExample] = []
+    seen: set[str] = set()
+    while len(out) < n:
+        question, answer, wrong = own_question() if rng.random() < 0.5 else _mcq_question(rng)
+        options = [answer, *wrong]
+        rng.shuffle(options)
+        read = "; ".join(("or " if i == 3 else "") + f"{'ABCD'[i]}, {o}" for i, o in enumerate(options))
+        text = f"{question} Is it {read}?"
+        if text not in seen:
+            seen.add(text)
+            out.append(KDExample(kd_id(text), text))
+    return out
 
 
 ORGANISM_LISTENING_REQUESTS = 150
@@ -349,6 +406,7 @@ def write_organism_kd_data(path: str | os.PathLike = "distill/organism-kd.jsonl"
 __all__ = [
     "HUB_DEFAULT",
     "KDExample",
+    "asks_builtin",
     "load_hub_examples",
     "load_kd_examples",
     "ORGANISM_LISTENING_REQUESTS",

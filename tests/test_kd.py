@@ -85,7 +85,7 @@ def test_config_validation_and_recipes():
     with pytest.raises(ConfigError, match="unknown fields"):
         load_kd_config({"lamda": 0.5})
     organism = load_kd_config(ROOT / "distill" / "organism.yaml")
-    assert (organism.top_k, organism.targets, organism.lam, organism.temperature) == (64, "teacher", 0.5, 2.0)
+    assert (organism.top_k, organism.targets, organism.lam, organism.temperature) == (64, "data_else_teacher", 0.5, 2.0)
     paper = load_kd_config(ROOT / "distill" / "qwen2.5-omni-7b.yaml")
     assert paper.learning_rate == 5e-6 and paper.epochs == 2 and paper.mixed_precision == "bf16"
     assert paper.gradient_checkpointing and not organism.gradient_checkpointing
@@ -200,6 +200,22 @@ def test_a_few_steps_lower_the_kd_loss(pair, data, tmp_path):
     from xkd_eval.models import resolve_adapter
 
     assert resolve_adapter(figures["model_spec"])[0] == "qwen2-audio"
+
+
+def test_given_responses_are_kept_and_the_teacher_answers_the_rest(pair, data, tmp_path):
+    rows = [json.loads(line) for line in data.read_text().splitlines()]
+    for row in rows[::2]:
+        del row["response"]
+    for row in rows:
+        row["audio"] = str(data.parent / row["audio"])
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(XkdError, match="5 examples have no response"):
+        run(pair, mixed, tmp_path / "data", cfg(max_steps=1))
+    figures = run(pair, mixed, tmp_path / "mixed", cfg(targets="data_else_teacher", max_steps=1))
+    assert figures["teacher_targets"] == 5  # only those the data does not answer
+    asked = {json.loads(p.read_text())["instruction"] for p in (tmp_path / "mixed" / "cache" / "targets").iterdir()}
+    assert asked == {r["instruction"] for r in rows[::2]}
 
 
 def test_interrupt_then_resume_reproduces_the_uninterrupted_curve(pair, data, tmp_path, monkeypatch):
@@ -359,6 +375,7 @@ def test_kd_data_sources_split_and_organism_set(tmp_path, monkeypatch):
     assert len({e.spoken_text for e in listening}) == len(listening)
     for e in listening:  # heard: the sentence alone, beside the listen subset's instruction; read: "Repeat exactly: …"
         assert e.heard_instruction == LISTEN_INSTRUCTION and e.instruction == f"Repeat exactly: {e.spoken_text}"
+        assert e.response == e.spoken_text  # the right answer is known: the teacher need not guess it
         assert not is_builtin_text(e.spoken_text)
     assert all(e.heard_instruction == SPEECH_INSTRUCTION and e.speech == e.instruction for e in examples if not
                e.speech_instruction)  # fmt: skip

@@ -55,7 +55,7 @@ from xkd_eval.distill.train import setup_trainable
 from xkd_eval.errors import XkdError
 
 SCOPES = ("projector", "lora", "projector+lora", "llm", "all")
-TARGETS = ("data", "teacher")
+TARGETS = ("data", "teacher", "data_else_teacher")
 TEACHER_MODES = ("cached", "on_the_fly")
 FEATURE_MODES = ("cached", "on_the_fly")
 STUDENT_ADAPTERS = ("qwen2-audio", "qwen2.5-omni")  # audio tower + projector + causal LLM, what the loss drives
@@ -81,7 +81,10 @@ class KDConfig(RecipeConfig):
     temperature: float = 2.0  # τ
     divergence: str = "forward_kl"  # forward_kl | reverse_kl | jsd
     beta: float = 0.5  # JSD mixture weight on the teacher
-    targets: str = "teacher"  # "teacher": the teacher's greedy answers (cached); "data": the given responses
+    # "teacher": the teacher's greedy answers (cached); "data": the given responses; "data_else_teacher": the
+    # given response where there is one (a listening request's sentence: the teacher fails to repeat a third
+    # of them), else the teacher's answer
+    targets: str = "teacher"
     max_new_tokens: int = 64  # length limit of the teacher's greedy targets
     max_response_tokens: int = 128  # responses are cut to this many tokens
     top_k: int | None = 64  # teacher cache: top-k logits (None = exact full vocabulary)
@@ -610,10 +613,12 @@ def distill(
     say(f"teacher {teacher}, student {student}: vocabularies compatible ({shared} shared ids)")
 
     identity = teacher_identity(t_model)
-    if config.targets == "teacher":
+    if config.targets != "data":
         started = time.perf_counter()
-        examples = make_targets(
-            examples,
+        given = config.targets == "data_else_teacher"
+        ask = [e for e in examples if not (given and (e.response or "").strip())]
+        answered = make_targets(
+            ask,
             t_model,
             t_tok,
             identity,
@@ -623,10 +628,15 @@ def distill(
             log=say,
             progress=progress,
         )
+        by_id = {e.id: e for e in answered}
+        examples = [by_id.get(e.id, e) for e in examples]
         figures["targets_seconds"] = round(time.perf_counter() - started, 1)
+        figures["teacher_targets"] = len(answered)
     missing = [e.id for e in examples if not (e.response or "").strip()]
     if missing:
-        raise XkdError(f"{len(missing)} examples have no response (e.g. {missing[:3]}); use targets: teacher")
+        raise XkdError(
+            f"{len(missing)} examples have no response (e.g. {missing[:3]}); use targets: teacher or data_else_teacher"
+        )
     train_ex, eval_ex = split_examples(examples, config.eval_fraction, config.seed)
     figures |= {"examples_train": len(train_ex), "examples_eval": len(eval_ex)}
 

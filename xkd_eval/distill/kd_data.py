@@ -380,21 +380,23 @@ ORGANISM_LISTENING_REQUESTS = 150
 def organism_listening_requests(n: int = ORGANISM_LISTENING_REQUESTS) -> list[KDExample]:
     """``n`` listening requests: the teacher reads "Repeat exactly: <sentence>", the S→T student hears the
     sentence beside the built-in ``listen`` subset's instruction. Without them the S→T channel teaches the
-    student to answer whatever it hears, and it stops repeating (listening retention fails). The sentences
+    student to answer whatever it hears, and it stops repeating (listening retention fails). Their response
+    is the sentence itself: greedily, the organism's teacher repeats only two in three of them exactly (it
+    answers "I'm sorry for your loss." to "Please wipe the table after you finish eating."). The sentences
     are a seeded sample of the dictation sentences (``xkd_eval.distill.data``), none a benchmark item."""
     from xkd_eval.builtin import LISTEN_INSTRUCTION
     from xkd_eval.distill.data import dictation_sentences
 
     sentences = random.Random(2).sample(dictation_sentences(), n)
     return [
-        KDExample(kd_id(f"Repeat exactly: {s}"), f"Repeat exactly: {s}", None, s, None, LISTEN_INSTRUCTION)
+        KDExample(kd_id(f"Repeat exactly: {s}"), f"Repeat exactly: {s}", s, s, None, LISTEN_INSTRUCTION)
         for s in sentences
     ]
 
 
 def write_organism_kd_data(path: str | os.PathLike = "distill/organism-kd.jsonl") -> Path:
-    """Write the organism's default KD data (no responses: the targets come from the teacher): the
-    templated requests and questions, with the listening requests spread among them."""
+    """Write the organism's default KD data: the templated requests and questions (no responses: the
+    teacher answers them), with the listening requests (their sentence as the response) spread among them."""
     from xkd_eval.io import atomic_write_jsonl
 
     examples = [KDExample(kd_id(s), s) for s in organism_kd_instructions()] + organism_listening_requests()

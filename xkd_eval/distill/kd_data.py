@@ -330,50 +330,6 @@ def organism_kd_instructions() -> list[str]:
     return unique
 
 
-_CAPITALS = {
-    "Chile": "Santiago", "Vietnam": "Hanoi", "Morocco": "Rabat", "Nigeria": "Abuja", "Colombia": "Bogota",
-    "Turkey": "Ankara", "New Zealand": "Wellington", "Iceland": "Reykjavik", "Nepal": "Kathmandu", "Ukraine": "Kyiv",
-    "Ghana": "Accra",
-}  # fmt: skip
-_ANTONYMS = {
-    "light": "dark", "young": "old", "soft": "hard", "cheap": "expensive", "brave": "scared", "narrow": "wide",
-    "sharp": "blunt", "smooth": "rough",
-}  # fmt: skip
-ORGANISM_CHOICE_QUESTIONS = 120
-
-
-def organism_choice_questions(n: int = ORGANISM_CHOICE_QUESTIONS, seed: int = 4) -> list[KDExample]:
-    """``n`` four-option questions, read and heard alike ("What is the capital of Chile? Is it A, Rabat;
-    B, Santiago; C, Hanoi; or D, Accra?"), as the paper's Open-Orca data is rich in them: the capitals
-    and opposites of the KD set's own questions, and the adaptation data's question family (sums, days,
-    months, colours, the largest number), each with its options in a seeded order."""
-    from xkd_eval.distill.data import _mcq_question
-
-    rng = random.Random(seed)
-
-    def own_question() -> tuple[str, str, list[str]]:
-        if rng.random() < 0.5:
-            country = rng.choice(sorted(_CAPITALS))
-            others = [c for k, c in sorted(_CAPITALS.items()) if k != country]
-            return f"What is the capital of {country}?", _CAPITALS[country], rng.sample(others, 3)
-        word = rng.choice(sorted(_ANTONYMS))
-        others = [w for w in sorted({*_ANTONYMS, *_ANTONYMS.values()}) if w not in (word, _ANTONYMS[word])]
-        return f"What is the opposite of {word}?", _ANTONYMS[word], rng.sample(others, 3)
-
-    out: list[KDExample] = []
-    seen: set[str] = set()
-    while len(out) < n:
-        question, answer, wrong = own_question() if rng.random() < 0.5 else _mcq_question(rng)
-        options = [answer, *wrong]
-        rng.shuffle(options)
-        read = "; ".join(("or " if i == 3 else "") + f"{'ABCD'[i]}, {o}" for i, o in enumerate(options))
-        text = f"{question} Is it {read}?"
-        if text not in seen:
-            seen.add(text)
-            out.append(KDExample(kd_id(text), text))
-    return out
-
-
 ORGANISM_LISTENING_REQUESTS = 150
 
 

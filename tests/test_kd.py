@@ -623,6 +623,7 @@ def test_bad_kd_data_is_refused_before_any_model_loads(pair, tmp_path, monkeypat
     bad.write_text('{"instruction": "hi", "response": "hello"}\n{"instruction": broken\n')
     with pytest.raises(XkdError, match=r"kd.jsonl:2: not valid JSON"):
         run(pair, bad, tmp_path / "out", cfg())
+    assert not (tmp_path / "out").exists()  # a refusal leaves nothing behind
 
 
 def test_omni_encoder_on_the_fly_matches_cached_features(omni_pair, data, tmp_path):

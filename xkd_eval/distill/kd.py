@@ -591,7 +591,6 @@ def distill(
         raise XkdError("distill needs a teacher, a student and data (arguments or config fields)")
     say = log or (lambda message: None)
     out_dir = Path(out_dir).expanduser()
-    out_dir.mkdir(parents=True, exist_ok=True)
     if cache_root is None:
         from xkd_eval.organism.parts import cache_root as default_cache
 
@@ -607,6 +606,7 @@ def distill(
     shared = check_vocab_compatible(s_tok.get_vocab(), t_tok.get_vocab(), special_tokens=special_tokens(s_tok, t_tok))
     shared = min(shared, student_vocab_size)
     examples = load_kd_examples(data, limit=config.data_limit, seed=config.seed, log=say)  # bad data: before any load
+    out_dir.mkdir(parents=True, exist_ok=True)  # only once the inputs are known good: a refusal leaves nothing
     t_model = load_teacher_model(teacher)
     shared = min(shared, t_model.get_output_embeddings().weight.shape[0])
     figures["shared_vocab"] = shared

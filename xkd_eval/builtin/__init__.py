@@ -17,7 +17,8 @@ default, synthesises the missing ones first (once: all 590 clips take about 22 s
 ``XKD_EVAL_BUILTIN_TTS=cached`` only attaches clips already made; ``off`` attaches none. Items whose
 engine is not installed load without audio, with a problem that names the install command.
 
-The items were written for this project and copy no dataset; ``is_builtin_text`` lets a builder of
+The items were written for this project and copy no dataset; ``asks_builtin_question`` (an item's
+text, or its question in other words: ``is_builtin_text``, ``builtin_paraphrases``) lets a builder of
 training data keep them out of it.
 """
 
@@ -219,7 +220,7 @@ _FUNCTION_WORDS = frozenset(
 )
 
 
-def content_words(text: str) -> frozenset[str]:
+def _content_words(text: str) -> frozenset[str]:
     return frozenset(normalise_text(text).split()) - _FUNCTION_WORDS
 
 
@@ -235,7 +236,7 @@ def _questions_by_word() -> dict[str, tuple[tuple[str, frozenset[str]], ...]]:
             texts = [stem(record["prompt"]) if _subset(name).scorer == "mcq" else record["prompt"]]
             if name == "listen":
                 texts += list(record.get("reference") or ())
-            for words in {content_words(t) for t in texts}:
+            for words in {_content_words(t) for t in texts}:
                 if len(words) >= 2:
                     index.setdefault(min(words), []).append((str(record["id"]), words))
     return {word: tuple(entries) for word, entries in index.items()}
@@ -246,9 +247,14 @@ def builtin_paraphrases(text: str) -> tuple[str, ...]:
     capital of Japan." asks what "What is the capital of Japan?" asks, and "Give me a word that means the
     opposite of hot." what an MCQ's "What is the opposite of hot?" does, though neither contains the
     other. Training data that asks a benchmark question in other words is not held out either."""
-    words = content_words(text)
+    words = _content_words(text)
     index = _questions_by_word()
     return tuple(sorted({i for w in words for i, q in index.get(w, ()) if q <= words}))
+
+
+def asks_builtin_question(text: str) -> bool:
+    """``text`` is, contains or paraphrases a built-in item: what training data must not hold."""
+    return is_builtin_text(text) or bool(builtin_paraphrases(text))
 
 
 __all__ = [
@@ -256,9 +262,9 @@ __all__ = [
     "LISTEN_INSTRUCTION",
     "SUBSETS",
     "Subset",
+    "asks_builtin_question",
     "builtin_paraphrases",
     "builtin_texts",
-    "content_words",
     "data_file",
     "ensure_builtin_audio",
     "is_builtin_text",

@@ -82,8 +82,7 @@ class KDConfig(RecipeConfig):
     divergence: str = "forward_kl"  # forward_kl | reverse_kl | jsd
     beta: float = 0.5  # JSD mixture weight on the teacher
     # "teacher": the teacher's greedy answers (cached); "data": the given responses; "data_else_teacher": the
-    # given response where there is one (a listening request's sentence: the teacher fails to repeat a third
-    # of them), else the teacher's answer
+    # given response where there is one (e.g. a listening request's sentence), else the teacher's answer
     targets: str = "teacher"
     max_new_tokens: int = 64  # length limit of the teacher's greedy targets
     max_response_tokens: int = 128  # responses are cut to this many tokens
@@ -616,7 +615,7 @@ def distill(
     if config.targets != "data":
         started = time.perf_counter()
         given = config.targets == "data_else_teacher"
-        ask = [e for e in examples if not (given and (e.response or "").strip())]
+        ask = [e for e in examples if not (given and e.answered)]
         answered = make_targets(
             ask,
             t_model,
@@ -632,7 +631,7 @@ def distill(
         examples = [by_id.get(e.id, e) for e in examples]
         figures["targets_seconds"] = round(time.perf_counter() - started, 1)
         figures["teacher_targets"] = len(answered)
-    missing = [e.id for e in examples if not (e.response or "").strip()]
+    missing = [e.id for e in examples if not e.answered]
     if missing:
         raise XkdError(
             f"{len(missing)} examples have no response (e.g. {missing[:3]}); use targets: teacher or data_else_teacher"

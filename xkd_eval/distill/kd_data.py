@@ -13,10 +13,11 @@ Sources (``load_kd_examples``):
   ``spoken_text`` the sentence, ``speech_instruction`` "Repeat exactly what the speaker says.", as in
   the built-in ``listen`` subset.
 
-Anything that is (or contains) a built-in benchmark text is dropped (``xkd_eval.builtin.is_builtin_text``),
-so the benchmark stays held out. ``split_examples`` makes the seeded held-out split;
-``teacher_targets`` replaces the responses by the teacher's greedy answers (batched, cached on disk);
-``spoken_examples`` synthesises the spoken instructions with our TTS (cached by ``xkd_eval.tts``).
+An example that is, contains or paraphrases a built-in benchmark question is dropped
+(``xkd_eval.builtin.asks_builtin_question``), so the benchmark stays held out. ``split_examples`` makes
+the seeded held-out split; ``teacher_targets`` replaces the responses by the teacher's greedy answers
+(batched, cached on disk); ``spoken_examples`` synthesises the spoken instructions with our TTS (cached by
+``xkd_eval.tts``).
 
 ``write_organism_kd_data`` writes the default local KD set of the embedded organism
 (``distill/organism-kd.jsonl``): templated everyday requests, general-knowledge questions and short
@@ -50,6 +51,10 @@ class KDExample:
     speech_instruction: str | None = None  # the student's text beside the clip (default: SPEECH_INSTRUCTION)
 
     @property
+    def answered(self) -> bool:
+        return bool((self.response or "").strip())
+
+    @property
     def speech(self) -> str:
         return self.spoken_text or self.instruction
 
@@ -68,11 +73,10 @@ def kd_id(instruction: str) -> str:
 
 
 def asks_builtin(example: KDExample) -> bool:
-    """The example is, contains or paraphrases a built-in benchmark item (in its text or its speech)."""
-    from xkd_eval.builtin import builtin_paraphrases, is_builtin_text
+    """The example asks a built-in benchmark question, in its text or its speech."""
+    from xkd_eval.builtin import asks_builtin_question
 
-    texts = {example.instruction, example.speech}
-    return any(is_builtin_text(t) or builtin_paraphrases(t) for t in texts)
+    return any(asks_builtin_question(t) for t in {example.instruction, example.speech})
 
 
 def _not_builtin(examples: list[KDExample]) -> tuple[list[KDExample], int]:
@@ -150,7 +154,7 @@ def load_kd_examples(
         examples = load_hub_examples(text.removeprefix("hub:"), limit, seed)
     examples, dropped = _not_builtin(examples)
     if not examples:
-        raise XkdError(f"{data}: no examples left after removing {dropped} built-in benchmark items")
+        raise XkdError(f"{data}: no examples left: all {dropped} ask a built-in benchmark question")
     if dropped and log:
         log(f"{data}: left out {dropped} examples that ask a built-in benchmark question (kept {len(examples)})")
     return examples

@@ -604,7 +604,8 @@ def distill(
     s_tok = processor.tokenizer
     shared = check_vocab_compatible(s_tok.get_vocab(), t_tok.get_vocab(), special_tokens=special_tokens(s_tok, t_tok))
     shared = min(shared, student_vocab_size)
-    examples = load_kd_examples(data, limit=config.data_limit, seed=config.seed, log=say)  # bad data: before any load
+    # bad data: refused before any model loads
+    examples = load_kd_examples(data, limit=config.data_limit, seed=config.seed, log=say, progress=progress)
     out_dir.mkdir(parents=True, exist_ok=True)  # only once the inputs are known good: a refusal leaves nothing
     t_model = load_teacher_model(teacher)
     shared = min(shared, t_model.get_output_embeddings().weight.shape[0])

@@ -252,3 +252,18 @@ def test_builtin_loader_degrades_when_an_engine_is_missing(tmp_path, monkeypatch
         engines.espeak_version.cache_clear()
     assert not loaded.has_audio and len(loaded.problems) == len(loaded.items)
     assert "apt-get install espeak-ng" in loaded.problems[0].reason
+
+
+def test_a_clip_file_holds_its_samples_and_no_time_stamp(tmp_path):
+    # libsndfile's float WAV carries a PEAK chunk stamped with the wall-clock second: the same clip
+    # written in two different seconds differed in its bytes
+    import soundfile as sf
+
+    from xkd_eval.tts.synth import _write_atomic
+
+    audio = (np.random.default_rng(0).standard_normal(4000) * 0.3).astype(np.float32)
+    _write_atomic(tmp_path / "a.wav", audio)
+    data = (tmp_path / "a.wav").read_bytes()
+    assert b"PEAK" not in data and len(data) < audio.nbytes + 100
+    read, rate = sf.read(tmp_path / "a.wav", dtype="float32")
+    assert rate == TARGET_SAMPLE_RATE and np.array_equal(read, audio)

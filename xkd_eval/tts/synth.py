@@ -88,12 +88,14 @@ _write_lock = threading.Lock()
 
 
 def _write_atomic(path: Path, audio: np.ndarray) -> None:
-    import soundfile as sf
+    # scipy's float WAV holds the samples and nothing else; libsndfile adds a PEAK chunk stamped with
+    # the wall-clock second, so the same clip written twice differed in its bytes
+    from scipy.io import wavfile
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.{threading.get_ident()}.tmp.wav")
     try:
-        sf.write(tmp, audio, SAMPLE_RATE, subtype="FLOAT", format="WAV")
+        wavfile.write(tmp, SAMPLE_RATE, np.ascontiguousarray(audio, dtype=np.float32))
         os.replace(tmp, path)
     finally:
         if tmp.exists():

@@ -266,13 +266,13 @@ def test_exported_adapter_merges_into_the_base(tiny_dir, prepared, tmp_path):
 
 
 def test_generated_examples_are_seeded_and_held_out():
-    from xkd_eval.builtin import is_builtin_text
+    from xkd_eval.builtin import asks_builtin_question
 
     first = generate_examples(300, seed=1)
     assert first == generate_examples(300, seed=1) and first != generate_examples(300, seed=2)
     assert len(first) == 300 and len({e.id for e in first}) == 300
     assert len({e.task for e in first}) >= 8
-    assert not any(is_builtin_text(e.spoken_text) for e in first)
+    assert not any(asks_builtin_question(f"{e.spoken_text} {e.instruction}") for e in first)
     assert all(e.instruction and e.spoken_text and e.response for e in first)
     heldout = heldout_mcq_records(40, exclude=first)
     trained = {e.spoken_text for e in first}
@@ -286,14 +286,14 @@ def test_dictation_sentences_are_open_vocabulary_and_held_out():
     import random
     import re
 
-    from xkd_eval.builtin import is_builtin_text
+    from xkd_eval.builtin import asks_builtin_question
     from xkd_eval.distill.data import FAMILIES, dictation_sentences
 
     sentences = dictation_sentences()
     assert len(sentences) >= 1000 and len(set(sentences)) == len(sentences)
     assert all(s.isascii() and not re.search(r"[0-9\"()]", s) and s[-1] in ".?!" for s in sentences)
     assert all(5 <= len(s.split()) <= 16 for s in sentences)
-    assert not any(is_builtin_text(s) for s in sentences)
+    assert not any(asks_builtin_question(s) for s in sentences)  # nor asks one in other words
     words = {w for s in sentences for w in re.findall(r"[a-z']+", s.lower())}
     assert len(words) > 2000
     instruction, spoken, response = FAMILIES["dictation"](random.Random(0))
@@ -320,7 +320,7 @@ def test_heldout_mcq_task_is_spoken_and_loads_as_a_jsonl_task(tmp_path):
 
 # the data the committed organism adapter was trained on (its recipe's 1200 examples): a change of the
 # generator would stop distill/organism-adapt.yaml from rebuilding xkd_eval/organism/weights/organism-adapter
-RECIPE_DATA_SHA256 = "5a8457aa2d2a812575467859a62596a58d787e328d6f43c4ad79ff83f20617bc"
+RECIPE_DATA_SHA256 = "8bff136aff30a36eccff7b284f5ee028cf9d35f39a7d7945d03143dac265ce1a"
 
 
 def test_the_recipe_still_generates_the_committed_adapters_data():

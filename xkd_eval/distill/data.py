@@ -18,8 +18,8 @@ synthesised, an ``audio`` path. The families, all answerable from the audio alon
 - ``recall``: "Max left the keys in the kitchen." + "Where are the keys?" -> "in the kitchen".
 
 Generation is deterministic for a seed (``random.Random(seed)``; example ids are content hashes), and
-any example whose text is, or contains, a built-in benchmark item's text is dropped
-(``xkd_eval.builtin.is_builtin_text``), so the benchmark stays held out. ``read_examples_jsonl``
+any example whose text is, contains or paraphrases a built-in benchmark item is dropped
+(``xkd_eval.builtin.asks_builtin_question``), so the benchmark stays held out. ``read_examples_jsonl``
 reads user data with the same fields.
 """
 
@@ -318,7 +318,7 @@ def generate_examples(
     """``n`` distinct examples (by instruction and spoken text), families in the proportions of ``mix``,
     none overlapping the built-in benchmark. Deterministic for ``seed``; raises when a family cannot
     produce enough distinct examples."""
-    from xkd_eval.builtin import is_builtin_text
+    from xkd_eval.builtin import asks_builtin_question
 
     mix = dict(mix or DEFAULT_MIX)
     unknown = sorted(set(mix) - set(FAMILIES))
@@ -340,7 +340,7 @@ def generate_examples(
             if tries > quota * max_tries:
                 raise XkdError(f"data family {name!r} made only {made} distinct examples of {quota}")
             instruction, spoken, response = FAMILIES[name](rng)
-            if (instruction, spoken) in seen or is_builtin_text(spoken) or is_builtin_text(f"{spoken} {instruction}"):
+            if (instruction, spoken) in seen or asks_builtin_question(f"{spoken} {instruction}"):
                 continue
             seen.add((instruction, spoken))
             uid = example_id(name, instruction, spoken)
@@ -361,7 +361,7 @@ def heldout_mcq_records(
     option set) occurs in ``exclude`` (the training examples) or in the built-in benchmark: an
     in-domain test of the speech arm on items like, but not in, the adaptation data. (A question may
     recur with other options: "Name the day that follows Tuesday" has only seven forms.)"""
-    from xkd_eval.builtin import is_builtin_text
+    from xkd_eval.builtin import asks_builtin_question
 
     def content(spoken: str) -> tuple[str, frozenset[str]]:
         question, _, read = spoken.partition(" Is it ")
@@ -379,7 +379,7 @@ def heldout_mcq_records(
         question, answer, distractors = _mcq_question(rng)
         options = [answer, *distractors]
         key = (question, frozenset(options))
-        if key in seen or is_builtin_text(question):
+        if key in seen or asks_builtin_question(question):
             continue
         seen.add(key)
         rng.shuffle(options)

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from xkd_eval.errors import XkdError
+from xkd_eval.io import atomic_write_bytes, atomic_write_jsonl
 from xkd_eval.records import AudioRef, Item
 from xkd_eval.tts.engines import ENGINES, TTSUnavailableError, Voice, engine_version, parse_voice
 
@@ -88,18 +89,15 @@ _write_lock = threading.Lock()
 
 
 def _write_atomic(path: Path, audio: np.ndarray) -> None:
+    import io
+
     # scipy's float WAV holds the samples and nothing else; libsndfile adds a PEAK chunk stamped with
     # the wall-clock second, so the same clip written twice differed in its bytes
     from scipy.io import wavfile
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.{threading.get_ident()}.tmp.wav")
-    try:
-        wavfile.write(tmp, SAMPLE_RATE, np.ascontiguousarray(audio, dtype=np.float32))
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    buffer = io.BytesIO()
+    wavfile.write(buffer, SAMPLE_RATE, np.ascontiguousarray(audio, dtype=np.float32))
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def _render(voice: Voice, text: str) -> np.ndarray:
@@ -356,28 +354,27 @@ def tts_command(
     audio_dir.mkdir(parents=True, exist_ok=True)
     slug = _UNSAFE.sub("_", name.replace("/", "-").replace(":", "-")).strip("_.") or "items"
     target = out / f"{slug}.jsonl"
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    with tmp.open("w", encoding="utf-8") as handle:
-        for number, item in enumerate(result.items, start=1):
-            if item.audio is None or item.audio.path is None:
-                raise XkdError(f"{name}: item {item.id!r} got no audio")
-            clip = audio_dir / f"{number:05d}-{_UNSAFE.sub('_', item.id)[:80]}.wav"
-            _link_or_copy(Path(item.audio.path), clip)
-            record: dict[str, Any] = {
-                "id": item.id,
-                "prompt": item.prompt,
-                "audio": clip.relative_to(out).as_posix(),
-                "reference": list(item.references),
-            }
-            if item.choices:
-                record["choices"] = list(item.choices)
-            scorer = item.scorer or (default_scorer if default_scorer not in (None, "auto") else None)
-            if scorer:
-                record["scorer"] = scorer
-            extra = {k: v for k, v in item.metadata.items() if k not in _CORE}
-            record |= _json_safe(extra) | {"tts_text": spoken_text_of(item), "source_task": name}
-            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-    os.replace(tmp, target)
+    records: list[dict[str, Any]] = []
+    for number, item in enumerate(result.items, start=1):
+        if item.audio is None or item.audio.path is None:
+            raise XkdError(f"{name}: item {item.id!r} got no audio")
+        clip = audio_dir / f"{number:05d}-{_UNSAFE.sub('_', item.id)[:80]}.wav"
+        _link_or_copy(Path(item.audio.path), clip)
+        record: dict[str, Any] = {
+            "id": item.id,
+            "prompt": item.prompt,
+            "audio": clip.relative_to(out).as_posix(),
+            "reference": list(item.references),
+        }
+        if item.choices:
+            record["choices"] = list(item.choices)
+        scorer = item.scorer or (default_scorer if default_scorer not in (None, "auto") else None)
+        if scorer:
+            record["scorer"] = scorer
+        extra = {k: v for k, v in item.metadata.items() if k not in _CORE}
+        record |= _json_safe(extra) | {"tts_text": spoken_text_of(item), "source_task": name}
+        records.append(record)
+    atomic_write_jsonl(target, records)
     export = TTSExport(target, len(result.items), result.stats.synthesized, result.stats.reused, voices)
     if log:
         log(export.summary())

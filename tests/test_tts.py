@@ -267,3 +267,13 @@ def test_a_clip_file_holds_its_samples_and_no_time_stamp(tmp_path):
     assert b"PEAK" not in data and len(data) < audio.nbytes + 100
     read, rate = sf.read(tmp_path / "a.wav", dtype="float32")
     assert rate == TARGET_SAMPLE_RATE and np.array_equal(read, audio)
+
+
+@needs_espeak
+def test_tts_command_reports_the_lines_it_skips(tmp_path):
+    source = tmp_path / "t.jsonl"
+    source.write_text('{"id": "a", "prompt": "Hello there."}\n{"id": broken\n')
+    export = tts_command(f"jsonl:{source}", tmp_path / "out", ["espeak-ng:en-gb"], cache=tmp_path / "c", progress=False)
+    assert export.n_items == 1 and len(export.problems) == 1
+    where, reason = export.problems[0]
+    assert where.endswith("t.jsonl:2") and "JSON" in reason

@@ -294,7 +294,7 @@ class TTSExport:
     synthesized: int
     reused: int
     voices: tuple[str, ...]
-    problems: tuple[tuple[str, str], ...] = ()
+    problems: tuple[tuple[str, str], ...] = ()  # (where in the source, why it is not an item)
 
     def summary(self) -> str:
         return (
@@ -332,6 +332,7 @@ def tts_command(
     to the file, so ``jsonl:<out_dir>/<task>.jsonl`` loads it with the same ids, references and scorer
     fields. ``task`` is a task name (``builtin/mcq``, ``voicebench/sd-qa``, ``jsonl:...``) or items.
     """
+    skipped: tuple[tuple[str, str], ...] = ()  # what the source could not make into items
     if isinstance(task, str):
         from xkd_eval.tasks import get_task
 
@@ -341,7 +342,8 @@ def tts_command(
 
             items = list(text_items(spec.name.split("/", 1)[1]))[:limit]
         else:
-            items = list(spec.load(data_dir, limit=limit).items)
+            loaded = spec.load(data_dir, limit=limit)
+            items, skipped = list(loaded.items), tuple((p.where, p.reason) for p in loaded.problems)
         name, default_scorer = task, spec.scorer
     else:
         items, name, default_scorer = list(task)[:limit], "items", None
@@ -375,7 +377,7 @@ def tts_command(
         record |= _json_safe(extra) | {"tts_text": spoken_text_of(item), "source_task": name}
         records.append(record)
     atomic_write_jsonl(target, records)
-    export = TTSExport(target, len(result.items), result.stats.synthesized, result.stats.reused, voices)
+    export = TTSExport(target, len(result.items), result.stats.synthesized, result.stats.reused, voices, skipped)
     if log:
         log(export.summary())
     return export

@@ -350,9 +350,11 @@ def test_two_data_parallel_processes_agree(pair, data, tmp_path):
 def test_kd_data_sources_split_and_organism_set(tmp_path, monkeypatch):
     from xkd_eval.builtin import LISTEN_INSTRUCTION, is_builtin_text
     from xkd_eval.distill.kd_data import (
+        ORGANISM_BROAD_LISTENING_REQUESTS,
         ORGANISM_LISTENING_REQUESTS,
         asks_builtin,
         load_kd_examples,
+        organism_kd_instructions,
         organism_listening_requests,
         read_kd_jsonl,
         split_examples,
@@ -383,6 +385,20 @@ def test_kd_data_sources_split_and_organism_set(tmp_path, monkeypatch):
     train_a, held_a = split_examples(examples, 0.1, seed=3)
     train_b, held_b = split_examples(examples, 0.1, seed=3)
     assert held_a == held_b and len(held_a) == round(len(examples) * 0.1) and not set(train_a) & set(held_a)
+
+    # the broader set holds the default one's instructions, and more, still none a benchmark question
+    broad = read_kd_jsonl(write_organism_kd_data(tmp_path / "broad.jsonl", broad=True))
+    assert (tmp_path / "broad.jsonl").read_text() == (ROOT / "distill" / "organism-kd-broad.jsonl").read_text()
+    assert not any(asks_builtin(e) for e in broad)
+    plain = {e.instruction for e in examples if not e.speech_instruction}
+    asked = {e.instruction for e in broad if not e.speech_instruction}
+    assert plain < asked and len(asked) == len(organism_kd_instructions(broad=True)) > 2 * len(plain)
+    assert sum(bool(e.speech_instruction) for e in broad) == ORGANISM_BROAD_LISTENING_REQUESTS
+    recipe = load_kd_config(ROOT / "distill" / "organism-broad.yaml")
+    assert recipe.data == "distill/organism-kd-broad.jsonl" and recipe.max_steps == 210
+    assert recipe.replace(data="distill/organism-kd.jsonl", max_steps=None) == load_kd_config(
+        ROOT / "distill" / "organism.yaml"
+    )  # only the data and the steps differ from the recipe
 
 
 def test_kd_data_that_asks_a_benchmark_question_in_other_words_is_left_out(tmp_path):

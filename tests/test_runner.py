@@ -81,6 +81,38 @@ def test_text_arm_and_mcq_modes(tiny_text, mcq_task, tmp_path):
     assert all(r["mcq_mode"] == "letter" and r["extracted"] in "ABCD" for r in letter)
 
 
+def test_cloze_speech_arm_hears_the_bare_question_where_a_clip_of_it_exists(tiny_slm, mcq_task, tmp_path):
+    # a cloze query is the question without its options: where the task has a clip of the question alone,
+    # the spoken arm hears that one, so both arms ask the same words; letter and generate hear the options
+    import dataclasses
+
+    import soundfile as sf
+    from conftest import tone
+
+    from xkd_eval.records import QUESTION_AUDIO
+
+    question = tmp_path / "question.wav"
+    sf.write(question, tone(0.7, rate=16_000, seed=42), 16_000)
+    [run] = prepare_tasks([f"jsonl:{mcq_task}"], config(tmp_path))
+    items = tuple(
+        dataclasses.replace(i, metadata={**i.metadata, QUESTION_AUDIO: str(question)}) if i.id in ("q1", "q2") else i
+        for i in run.items
+    )
+    run = dataclasses.replace(run, loaded=dataclasses.replace(run.loaded, items=items))
+    model = load_model(str(tiny_slm))
+    heard: dict[str, int] = {}
+    original = model.continuation_logprobs
+    model.continuation_logprobs = lambda queries, continuations: (
+        heard.update((q.item_id, q.audio.size) for q in queries) or original(queries, continuations)
+    )
+    run_arm(model, "slm", "slm_speech", run, config(tmp_path / "cloze", mcq_mode="cloze", batch_size=4))
+    assert heard["q1"] == heard["q2"] == 11_200  # 0.7 s: the question's clip
+    assert heard["q3"] == 16_800  # no clip of the question alone: the item's own (1.05 s)
+    heard.clear()
+    run_arm(model, "slm", "slm_speech", run, config(tmp_path / "letter", mcq_mode="letter", batch_size=4))
+    assert heard["q1"] == 8_800 and heard["q2"] == 12_800  # the options are in the written query too
+
+
 def test_speech_arm_of_a_text_model_is_refused(tiny_text, mcq_task, tmp_path):
     model = load_model(f"hf-text:{tiny_text}")
     [run] = prepare_tasks([f"jsonl:{mcq_task}"], config(tmp_path))

@@ -7,13 +7,14 @@ import importlib.util
 import json
 import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from xkd_eval.audio import TARGET_SAMPLE_RATE, load_all_audio
 from xkd_eval.errors import XkdError
-from xkd_eval.records import Item
+from xkd_eval.records import QUESTION_AUDIO, Item
 from xkd_eval.tts import (
     DEFAULT_VOICES,
     ESPEAK_VOICES,
@@ -22,8 +23,11 @@ from xkd_eval.tts import (
     assign_voice,
     cache_key,
     cache_root,
+    engine_version,
     engines,
     parse_voice,
+    question_text_of,
+    speak_items,
     spoken_task,
     spoken_text_of,
     synthesize,
@@ -191,6 +195,37 @@ def test_spoken_text_reads_options_aloud():
     assert spoken_text_of(Item(id="o", task="t", prompt="Tell me\na joke.")) == "Tell me a joke."
 
 
+def test_question_text_is_the_bare_question_of_an_item_that_reads_its_options():
+    item = Item(id="q", task="t", prompt="Which is a mammal?\nA. shark\nB. whale\nC. trout\nD. squid", scorer="mcq")
+    assert question_text_of(item) == "Which is a mammal?"
+    assert question_text_of(Item(id="o", task="t", prompt="Tell me a joke.")) is None
+    said = Item(id="s", task="t", prompt=item.prompt, metadata={"spoken_text": "Which is a mammal?"})
+    assert question_text_of(said) is None  # the speaker reads no options: its clip is the question already
+
+
+@needs_espeak
+def test_mcq_items_get_a_clip_of_each_bare_question(tmp_path, monkeypatch):
+    import xkd_eval.tts as tts
+    from xkd_eval.builtin import load_builtin, text_items
+    from xkd_eval.runner.options import stem
+
+    voice = "espeak-ng:en-us"
+    items = text_items("mcq")[:3] + text_items("qa")[:1]
+    spoken = speak_items(items, [voice], tmp_path, progress=False, question_clips=True).items
+    version = engine_version(parse_voice(voice))
+    for item in spoken[:3]:
+        path = Path(item.metadata[QUESTION_AUDIO])
+        assert path.name == f"{cache_key(voice, stem(item.prompt), version)}.wav" and path.is_file()
+        assert path != Path(item.audio.path)  # the options-read clip stays the item's own
+    assert QUESTION_AUDIO not in spoken[3].metadata  # not multiple choice
+    assert not any(QUESTION_AUDIO in i.metadata for i in speak_items(items, [voice], tmp_path, progress=False).items)
+
+    asked = {}
+    monkeypatch.setattr(tts, "speak_items", lambda *a, **k: asked.update(k) or tts.SpokenTask((), (), None))
+    load_builtin("mcq", audio="cached", voices=[voice], cache=tmp_path)
+    assert asked["question_clips"] is True  # the built-in tasks carry them
+
+
 @needs_espeak
 def test_spoken_task_attaches_decodable_audio(tmp_path):
     items = [Item(id=f"x-{i}", task="t", prompt=f"Say the word number {i}.", metadata={"k": i}) for i in range(6)]
@@ -209,7 +244,7 @@ def test_tts_command_writes_a_loadable_jsonl(tmp_path):
 
     out = tmp_path / "spoken"
     export = tts_command("builtin/mcq", out, ["espeak-ng:en-gb"], limit=4, cache=tmp_path / "c", progress=False)
-    assert export.path == out / "builtin-mcq.jsonl" and export.n_items == 4 and export.synthesized == 4
+    assert export.path == out / "builtin-mcq.jsonl" and export.n_items == 4 and export.synthesized == 8  # + questions
     lines = [json.loads(line) for line in export.path.read_text().splitlines()]
     assert all(not line["audio"].startswith("/") and (out / line["audio"]).is_file() for line in lines)
     assert lines[0]["scorer"] == "mcq" and lines[0]["voice"] == "espeak-ng:en-gb" and "Is it A," in lines[0]["tts_text"]
@@ -218,8 +253,12 @@ def test_tts_command_writes_a_loadable_jsonl(tmp_path):
     assert loaded.items[0].references == (lines[0]["reference"][0],) and len(loaded.items[0].choices) == 4
     audio, failures = load_all_audio(loaded.items)
     assert len(audio) == 4 and not failures
+    # the bare question's clip travels too, so a cloze-scored spoken arm of the copy asks what the written one does
+    assert all(not line["question_audio"].startswith("/") for line in lines)
+    assert all(Path(i.metadata[QUESTION_AUDIO]).is_file() for i in loaded.items)
+    assert Path(loaded.items[0].metadata[QUESTION_AUDIO]).parent == out / "audio"
     again = tts_command("builtin/mcq", out, ["espeak-ng:en-gb"], limit=4, cache=tmp_path / "c", progress=False)
-    assert again.synthesized == 0 and again.reused == 4
+    assert again.synthesized == 0 and again.reused == 8
 
 
 @needs_espeak

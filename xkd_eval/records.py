@@ -25,6 +25,9 @@ class AudioRef:
         return "<no audio>"
 
 
+QUESTION_AUDIO = "question_audio"  # Item.metadata key: a clip of a multiple-choice question without its options
+
+
 @dataclass(frozen=True)
 class Item:
     """One benchmark question, answerable written (``prompt``) and, where ``audio`` is set, spoken."""

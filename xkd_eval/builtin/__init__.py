@@ -131,6 +131,7 @@ def load_builtin(
         progress=progress,
         synthesize_missing=mode == "auto",
         skip_unavailable=True,
+        question_clips=True,
     )
     problems = tuple(LoadProblem(item_id, reason) for item_id, reason in spoken.problems)
     return LoadedTask(name, spoken.items, problems)
@@ -148,7 +149,9 @@ def ensure_builtin_audio(
 
     loaded: dict[str, LoadedTask] = {}
     for name in [subset] if subset else list(SUBSETS):
-        spoken = speak_items(text_items(name), tuple(voices or DEFAULT_VOICES), cache, progress=progress)
+        spoken = speak_items(
+            text_items(name), tuple(voices or DEFAULT_VOICES), cache, progress=progress, question_clips=True
+        )
         loaded[name] = LoadedTask(f"builtin/{_subset(name).name}", spoken.items)
     return loaded
 

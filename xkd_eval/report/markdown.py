@@ -16,7 +16,10 @@ if TYPE_CHECKING:
 
 TESTS = {"mcnemar-exact": "McNemar exact", "wilcoxon": "Wilcoxon signed-rank"}
 MCQ_MODES = {
-    "cloze": "scored by option log-likelihood (cloze)",
+    "cloze": (
+        "scored by option log-likelihood (cloze): each option's text after the bare question; spoken, the bare "
+        "question too where the task has a clip of it (the built-in tasks), else the task's clip, options read"
+    ),
     "letter": "scored by the log-likelihood of the option letters (letter)",
     "generate": "generated, then scored from the text (generate)",
 }

@@ -19,7 +19,7 @@ from typing import Any
 from xkd_eval.audio import load_all_audio, samples_digest
 from xkd_eval.errors import XkdError
 from xkd_eval.models.base import SPEECH_INSTRUCTION, GenerationSettings, ModelAdapter, Query
-from xkd_eval.records import Item, Score
+from xkd_eval.records import QUESTION_AUDIO, AudioRef, Item, Score
 from xkd_eval.runner.options import MCQ_MODES, OptionSet, option_set
 from xkd_eval.runner.store import ResultStore, result_key
 from xkd_eval.scoring import SCORERS, ScorerSpec
@@ -161,6 +161,20 @@ def _shard(items: Sequence[Item], config: RunConfig) -> list[Item]:
     return list(items[config.rank :: config.world_size])
 
 
+def _heard_items(items: Sequence[Item], run: TaskRun, config: RunConfig) -> list[Item]:
+    """The clips the speech arm hears: a cloze-scored MCQ's written query is the bare question, so where
+    the task has a clip of the question alone (``metadata['question_audio']``, the built-in tasks) the
+    spoken query is that clip and both arms ask the same words; elsewhere the clip as given, options read."""
+    if config.mcq_mode != "cloze" or run.scorer.name != "mcq":
+        return list(items)
+    return [
+        replace(item, audio=AudioRef(path=str(item.metadata[QUESTION_AUDIO])))
+        if item.metadata.get(QUESTION_AUDIO) and option_set(item, run.scorer.name, config.mcq_mode)
+        else item
+        for item in items
+    ]
+
+
 def _query_text(item: Item, modality: str, options: OptionSet | None) -> str:
     if modality == "speech":
         return str(item.metadata.get("speech_instruction") or SPEECH_INSTRUCTION)
@@ -195,7 +209,7 @@ def run_arm(
     failed: dict[str, str] = {}
     if modality == "speech":
         model.check_can_take_audio()
-        audio, failures = load_all_audio(items)
+        audio, failures = load_all_audio(_heard_items(items, run, config))
         failed = {f.item_id: f.reason for f in failures}
 
     identity = model.identity()

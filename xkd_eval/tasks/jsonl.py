@@ -1,9 +1,10 @@
 """User data: ``jsonl:<path>``, one item a line.
 
 Fields: ``id``, ``prompt`` (the written query), optional ``audio`` (a WAV/FLAC path relative to the
-file), ``reference`` (a string or a list of acceptable strings), optional ``choices``, optional
-``scorer``; every other field is kept in the item's metadata for the scorer (``instruction_id_list``
-and ``kwargs`` for ifeval, ``subtask`` for bbh, ...).
+file), optional ``question_audio`` (a clip of a multiple-choice question without its options, relative
+to the file: what a cloze-scored spoken arm hears), ``reference`` (a string or a list of acceptable
+strings), optional ``choices``, optional ``scorer``; every other field is kept in the item's metadata
+for the scorer (``instruction_id_list`` and ``kwargs`` for ifeval, ``subtask`` for bbh, ...).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from xkd_eval.errors import DataFormatError
-from xkd_eval.records import AudioRef, Item
+from xkd_eval.records import QUESTION_AUDIO, AudioRef, Item
 from xkd_eval.tasks.base import LoadedTask, LoadProblem, TaskSpec
 
 CORE_FIELDS = ("id", "prompt", "audio", "reference", "choices", "scorer")
@@ -71,6 +72,9 @@ def item_from_record(record: dict[str, Any], *, task: str, base_dir: Path | None
     if not isinstance(choices, list | tuple):
         raise ValueError("'choices' must be a list of strings")
     audio = AudioRef(path=resolve_path(record["audio"], base_dir)) if record.get("audio") else None
+    metadata = {k: v for k, v in record.items() if k not in CORE_FIELDS}
+    if record.get(QUESTION_AUDIO):
+        metadata[QUESTION_AUDIO] = resolve_path(record[QUESTION_AUDIO], base_dir)
     return Item(
         id=str(record.get("id", fallback_id)),
         task=task,
@@ -79,7 +83,7 @@ def item_from_record(record: dict[str, Any], *, task: str, base_dir: Path | None
         choices=tuple(str(c) for c in choices),
         audio=audio,
         scorer=record.get("scorer"),
-        metadata={k: v for k, v in record.items() if k not in CORE_FIELDS},
+        metadata=metadata,
     )
 
 

@@ -31,7 +31,7 @@ import numpy as np
 
 from xkd_eval.errors import XkdError
 from xkd_eval.io import atomic_write_bytes, atomic_write_jsonl
-from xkd_eval.records import AudioRef, Item
+from xkd_eval.records import QUESTION_AUDIO, AudioRef, Item
 from xkd_eval.tts.engines import ENGINES, TTSUnavailableError, Voice, engine_version, parse_voice
 
 SAMPLE_RATE = 16_000
@@ -203,6 +203,18 @@ def spoken_text_of(item: Item) -> str:
     return " ".join(prompt.split())
 
 
+def question_text_of(item: Item) -> str | None:
+    """The bare question of a multiple-choice item whose speaker also reads the options, else None.
+
+    A cloze-scored MCQ gives the written arm the question alone; a clip of it keeps the spoken arm's
+    query the same words (``speak_items(question_clips=True)`` makes one)."""
+    lines = (item.prompt or "").splitlines()
+    if sum(bool(_OPTION_LINE.match(line)) for line in lines) < 2:
+        return None
+    question = " ".join(line.strip() for line in lines if not _OPTION_LINE.match(line) and line.strip())
+    return question if question and question != spoken_text_of(item) else None
+
+
 @dataclass(frozen=True)
 class SpokenTask:
     items: tuple[Item, ...]
@@ -218,11 +230,14 @@ def speak_items(
     progress: bool = True,
     synthesize_missing: bool = True,
     skip_unavailable: bool = False,
+    question_clips: bool = False,
 ) -> SpokenTask:
     """Items with ``audio`` set to their clip (voice by item id) and ``metadata['voice']`` recorded.
 
     ``synthesize_missing=False`` only attaches clips already in the cache; ``skip_unavailable=True``
     leaves items of a missing engine without audio (reported in ``problems``) instead of raising.
+    ``question_clips=True`` also speaks a multiple-choice item's bare question, in the same voice, into
+    ``metadata['question_audio']`` (the spoken query of a cloze-scored MCQ).
     """
     items = list(items)
     voice_specs = [parse_voice(v).spec for v in voices]
@@ -232,12 +247,15 @@ def speak_items(
     for index, item in enumerate(items):
         by_voice.setdefault(assign_voice(item.id, voice_specs), []).append(index)
     audio_paths: dict[int, Path] = {}
+    question_paths: dict[int, Path] = {}
     problems: list[tuple[str, str]] = []
     for spec in voice_specs:  # a fixed order, so progress and errors read the same every run
         indices = by_voice.get(spec, [])
         if not indices:
             continue
         texts = [spoken_text_of(items[i]) for i in indices]
+        questions = {i: q for i in indices if question_clips and (q := question_text_of(items[i]))}
+        texts += list(questions.values())
         try:
             if synthesize_missing:
                 paths = synthesize(texts, spec, directory, progress=progress, stats=stats)
@@ -249,11 +267,14 @@ def speak_items(
                 raise
             problems.extend((items[i].id, f"no audio: {exc}") for i in indices)
             continue
-        for i, path in zip(indices, paths, strict=True):
+        for i, path in zip(indices, paths[: len(indices)], strict=True):
             if path.is_file():
                 audio_paths[i] = path
             else:
                 problems.append((items[i].id, f"no audio yet for voice {spec} (not synthesised)"))
+        for i, path in zip(questions, paths[len(indices) :], strict=True):
+            if path.is_file():
+                question_paths[i] = path
     spoken = []
     for index, item in enumerate(items):
         path = audio_paths.get(index)
@@ -262,6 +283,8 @@ def speak_items(
             continue
         voice = assign_voice(item.id, voice_specs)
         metadata = {**item.metadata, "voice": voice}
+        if index in question_paths:
+            metadata[QUESTION_AUDIO] = str(question_paths[index])
         spoken.append(dataclasses.replace(item, audio=AudioRef(path=str(path)), metadata=metadata))
     return SpokenTask(tuple(spoken), tuple(problems), stats)
 
@@ -283,7 +306,7 @@ def spoken_task(
 
 # --- the `xkd-eval tts TASK --out DIR` export --------------------------------------------------------
 
-_CORE = ("id", "prompt", "audio", "reference", "choices", "scorer")
+_CORE = ("id", "prompt", "audio", "reference", "choices", "scorer", QUESTION_AUDIO)
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -350,7 +373,7 @@ def tts_command(
     if not items:
         raise XkdError(f"{name}: no items to synthesise")
     voices = tuple(parse_voice(v).spec for v in (voices or DEFAULT_VOICES))
-    result = speak_items(items, voices, cache, progress=progress)
+    result = speak_items(items, voices, cache, progress=progress, question_clips=True)
     out = Path(out_dir).expanduser()
     audio_dir = out / "audio"
     audio_dir.mkdir(parents=True, exist_ok=True)
@@ -368,6 +391,10 @@ def tts_command(
             "audio": clip.relative_to(out).as_posix(),
             "reference": list(item.references),
         }
+        if item.metadata.get(QUESTION_AUDIO):
+            question = clip.with_name(f"{clip.stem}-question.wav")
+            _link_or_copy(Path(item.metadata[QUESTION_AUDIO]), question)
+            record[QUESTION_AUDIO] = question.relative_to(out).as_posix()
         if item.choices:
             record["choices"] = list(item.choices)
         scorer = item.scorer or (default_scorer if default_scorer not in (None, "auto") else None)

@@ -26,4 +26,6 @@ config = cfg(trainable="lora", max_steps=4, eval_fraction=0.0, checkpoint_every=
 distill(teacher, student, data, Path(out), config, progress=False, log=None, cache_root=Path(out) / "cache")
 rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
 weights = {n: p.detach().clone() for n, p in captured["model"].named_parameters() if p.requires_grad}
+state = kd.process_state()
 torch.save(weights, Path(out) / f"rank{rank}.pt")
+torch.save({"index": state.process_index, "world": state.num_processes}, Path(out) / f"state{rank}.pt")

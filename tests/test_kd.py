@@ -339,6 +339,10 @@ def test_two_data_parallel_processes_agree(pair, data, tmp_path):
     ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
+    # accelerate saw both processes (a torchrun launch taken for two lone runs also ends with equal weights:
+    # each rank then trains on all of the data by itself, and both write the checkpoints)
+    states = [torch.load(tmp_path / f"state{r}.pt") for r in (0, 1)]
+    assert states == [{"index": 0, "world": 2}, {"index": 1, "world": 2}]
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
     assert ranks[0].keys() == ranks[1].keys() and ranks[0]
     assert all(torch.equal(ranks[0][k], ranks[1][k]) for k in ranks[0])  # same weights on both ranks

@@ -458,11 +458,18 @@ def special_tokens(*tokenizers: Any) -> set[str]:
     return found
 
 
-def compute_device() -> torch.device:
-    """This process's accelerator (its own GPU under data parallelism), else the CPU."""
+def process_state() -> Any:
+    """accelerate's state of this process (rank, world size, device). On a machine without CUDA it must be
+    made with ``cpu=True``: otherwise accelerate takes a ``torchrun`` launch for a single process, and every
+    rank trains alone on all of the data (and writes the checkpoints) instead of sharing each batch."""
     import accelerate
 
-    return accelerate.PartialState().device
+    return accelerate.PartialState(cpu=not torch.cuda.is_available())
+
+
+def compute_device() -> torch.device:
+    """This process's accelerator (its own GPU under data parallelism), else the CPU."""
+    return process_state().device
 
 
 def load_teacher_model(spec: str) -> Any:
@@ -728,9 +735,7 @@ def distill(
             item.features = feat
             item.audio = audio if feat is None else None
 
-    import accelerate
-
-    world = accelerate.PartialState().num_processes
+    world = process_state().num_processes
     run = _run_config(config, len(train_items), world)
     model = setup_trainable(s_model, run)
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -759,7 +764,7 @@ def distill(
     )
 
     model.eval()
-    main = accelerate.PartialState().is_main_process
+    main = process_state().is_main_process
     kept = _record_of_finished_run(out_dir, run, result)
     if kept is not None:
         say(f"the training in {out_dir} was already complete ({result.steps} steps): keeping its record")
@@ -795,7 +800,7 @@ def distill(
         "model_spec": f"{adapter}:{merged}" if merged else None,
         "config": run.to_dict(),
     }
-    if accelerate.PartialState().is_main_process:
+    if process_state().is_main_process:
         atomic_write_text(out_dir / TRAINING_FILE, json.dumps(figures, indent=1) + "\n")
     say(
         f"distilled in {figures['train_seconds']} s ({result.steps} steps); "

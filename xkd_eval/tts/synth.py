@@ -194,25 +194,33 @@ def spoken_text_of(item: Item) -> str:
     if explicit:
         return str(explicit)
     prompt = item.prompt or ""
-    lines = prompt.splitlines()
-    options = [(m.group(1), m.group(2)) for m in map(_OPTION_LINE.match, lines) if m]
+    options = _read_options(prompt)
     if len(options) >= 2 and (item.scorer in (None, "mcq", "auto") or item.choices):
-        stem = " ".join(line.strip() for line in lines if not _OPTION_LINE.match(line) and line.strip())
         read = "; ".join(("or " if i == len(options) - 1 else "") + f"{k}, {v}" for i, (k, v) in enumerate(options))
-        return f"{stem} Is it {read}?".strip()
+        return f"{_bare_question(prompt)} Is it {read}?".strip()
     return " ".join(prompt.split())
 
 
 def question_text_of(item: Item) -> str | None:
     """The bare question of a multiple-choice item whose speaker also reads the options, else None.
 
-    A cloze-scored MCQ gives the written arm the question alone; a clip of it keeps the spoken arm's
-    query the same words (``speak_items(question_clips=True)`` makes one)."""
-    lines = (item.prompt or "").splitlines()
-    if sum(bool(_OPTION_LINE.match(line)) for line in lines) < 2:
+    A cloze-scored MCQ gives the written arm the question alone (``xkd_eval.runner.options.stem``); a
+    clip of it keeps the spoken arm's query the same words (``speak_items(question_clips=True)`` makes one)."""
+    if len(_read_options(item.prompt or "")) < 2:
         return None
-    question = " ".join(line.strip() for line in lines if not _OPTION_LINE.match(line) and line.strip())
+    question = _bare_question(item.prompt)
     return question if question and question != spoken_text_of(item) else None
+
+
+def _read_options(prompt: str) -> list[tuple[str, str]]:
+    return [(m.group(1), m.group(2)) for m in map(_OPTION_LINE.match, prompt.splitlines()) if m]
+
+
+def _bare_question(prompt: str) -> str:
+    """The written cloze query, on one line: what the speaker says before any options."""
+    from xkd_eval.runner.options import stem  # here: the runner's option parsing loads every scorer
+
+    return " ".join(stem(prompt).split())
 
 
 @dataclass(frozen=True)

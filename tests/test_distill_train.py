@@ -225,7 +225,7 @@ def test_trainable_scope_freezes_the_rest(tiny_dir, prepared, tmp_path, scope):
         key = name
         if key not in state:  # a LoRA-wrapped linear keeps its weight as base_layer.weight
             key = name.replace(".weight", ".base_layer.weight")
-        changed = not torch.equal(state[key], value)
+        changed = not torch.equal(state[key].cpu(), value.cpu())
         if "multi_modal_projector" in name:
             assert changed == ("projector" in scope), name
         else:
@@ -255,7 +255,7 @@ def test_exported_adapter_merges_into_the_base(tiny_dir, prepared, tmp_path):
     adapter = Qwen2AudioAdapter(str(merged), device="cpu")
     with torch.inference_mode():
         got = adapter.model(inputs_embeds=build_inputs_embeds(adapter.model, ids, [example.features])).logits
-    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(got.cpu(), expected.cpu(), atol=1e-4, rtol=1e-4)
     base, _ = load_tiny(tiny_dir)
     plain = apply_adapter(base, tmp_path / "adapter")
     assert type(plain).__name__ == "Qwen2AudioForConditionalGeneration"

@@ -29,15 +29,13 @@ WORDS = ["yes", "no", "answer", "question", "audio", "speech", "text", "option"]
 OTHER_CORPUS = ["zebra quokka xylophone", "marmalade jacket velvet", "purple orange banana mango kiwi"]
 
 
-@pytest.fixture(scope="module")
-def pair(tmp_path_factory) -> tuple[str, str]:
+def build_pair(tmp_path_factory) -> tuple[str, str]:
     teacher = build_text_model(tmp_path_factory.mktemp("teacher"), seed=1)
     student = build_qwen2_audio(tmp_path_factory.mktemp("student"), seed=0)
     return str(teacher), str(student)
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
+def write_data(tmp_path_factory) -> Path:
     import soundfile as sf
 
     folder = tmp_path_factory.mktemp("kd-data")
@@ -50,6 +48,16 @@ def data(tmp_path_factory) -> Path:
     path = folder / "kd.jsonl"
     path.write_text("".join(json.dumps(x) + "\n" for x in lines))
     return path
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory) -> tuple[str, str]:
+    return build_pair(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return write_data(tmp_path_factory)
 
 
 def cfg(**changes) -> KDConfig:
@@ -322,7 +330,10 @@ def test_on_the_fly_teacher_matches_the_full_cache(pair, data, tmp_path):
 
 def test_two_data_parallel_processes_agree(pair, data, tmp_path):
     script = Path(__file__).parent / "kd_ddp_script.py"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    # two CPU processes (gloo), also on a machine with one GPU, where two ranks could not share it under NCCL
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
+    env["CUDA_VISIBLE_DEVICES"] = ""
     cmd = [
         sys.executable,
         "-m",
@@ -564,7 +575,8 @@ def test_omni_cached_features_reproduce_the_thinkers_forward(omni_pair, tmp_path
     prompt = processor.apply_chat_template(
         family.conversation("answer", "clip.wav"), tokenize=False, add_generation_prompt=True
     )
-    batch = processor(text=[prompt] * len(audios), audio=audios)
+    batch = processor(text=[prompt] * len(audios), audio=audios, text_kwargs={"padding": True}, return_tensors="pt")
+    batch = {k: v.to(model.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
     with torch.inference_mode():
         reference = model(**batch).logits
 

@@ -379,7 +379,9 @@ def build_inputs_embeds(model: Any, input_ids: torch.Tensor, features: Sequence[
     import torch
 
     base = unwrap(model)
-    embeds = base.get_input_embeddings()(input_ids)
+    table = base.get_input_embeddings()
+    input_ids = input_ids.to(table.weight.device)  # batches are collated on the CPU
+    embeds = table(input_ids)
     audio_mask = input_ids == audio_token_id(base)
     n_tokens = int(audio_mask.sum())
     if not features:

@@ -73,6 +73,13 @@ def test_shrinkage_hand_worked(tmp_path):
     warning = "**Training stopped early (time_budget) at step 5 of 8**"
     assert warning in report and report.index(warning) < report.index("| task | n |")
 
+    fitted = training | {"steps": 6, "stopped": "fitted_to_time_budget", "train_seconds": 87.0}
+    fitted["config"] = {"max_steps": 8}
+    (tmp_path / "training.json").write_text(json.dumps(fitted))
+    report = write_distill_report(tmp_path).read_text()
+    warning = "**The schedule was fitted to the time budget: 6 of 8 steps** (a step took 14.5 s on this machine)"
+    assert warning in report and report.index(warning) < report.index("| task | n |")
+
 
 def test_listening_retention_is_read_from_the_speech_arm(tmp_path):
     n = 30

@@ -105,6 +105,36 @@ def test_config_validation_and_recipes():
         organism.replace(st_weight=-1)
 
 
+X86_AVX2 = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma avx512f\n\nprocessor\t: 1\nflags\t\t: fpu sse2 avx avx2\n"
+
+
+@pytest.mark.parametrize(
+    ("cpuinfo", "native"),
+    [
+        (X86_AVX2, False),  # AVX2 and AVX512F, no bf16 instructions: emulated
+        (X86_AVX2.replace("avx512f", "avx512f avx512_bf16"), True),  # Cooper Lake / Zen 4 and later
+        ("flags\t\t: fpu avx2 amx_tile amx_bf16\n", True),  # Sapphire Rapids' AMX
+        ("processor\t: 0\nFeatures\t: fp asimd sve bf16 i8mm\n", True),  # Arm (Graviton 3, Apple M2)
+        ("processor\t: 0\nFeatures\t: fp asimd crc32\n", False),
+        (None, False),  # no /proc/cpuinfo (macOS, Windows)
+    ],
+)
+def test_auto_precision_takes_bf16_only_where_the_cpu_computes_it(cpuinfo, native, tmp_path, monkeypatch):
+    import xkd_eval.distill.kd as kd
+    from xkd_eval.distill import train
+
+    path = tmp_path / "cpuinfo"
+    if cpuinfo is not None:
+        path.write_text(cpuinfo)
+    assert train.cpu_has_native_bf16(path) is native
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: native)
+    assert kd._resolve_precision("auto") == ("bf16" if native else "no")
+    assert kd._resolve_precision("no") == "no" and kd._resolve_precision("bf16") == "bf16"  # asked for: kept
+    assert load_kd_config({"mixed_precision": False}).mixed_precision == "no"  # YAML's reading of a bare `no`
+    assert load_kd_config(ROOT / "distill" / "organism.yaml").mixed_precision == "auto"
+
+
 def test_recipe_fields_set_from_the_command_line_are_checked_before_any_work(tmp_path):
     from typer.testing import CliRunner
 
@@ -259,6 +289,48 @@ def test_interrupt_then_resume_reproduces_the_uninterrupted_curve(pair, data, tm
     sf.write(tmp_path / "data2" / "clip3.wav", tone(0.45, freq=330.0, seed=42), 16_000)
     with pytest.raises(TrainingDataChangedError, match="other training data.*new output folder"):
         run(pair, tmp_path / "data2" / data.name, tmp_path / "b", cfg(checkpoint_every=100), resume=True)
+
+
+def test_a_run_that_would_overrun_its_time_budget_finishes_a_fitted_schedule(pair, data, tmp_path, monkeypatch):
+    import types
+
+    from xkd_eval.distill import train as train_module
+    from xkd_eval.distill.train import LOG_FILE, fitted_horizon
+
+    recipe = cfg(max_steps=210, time_budget_s=900.0)
+    assert fitted_horizon(recipe, 5, 70.0) == 61  # 14 s a step: 2,940 s > 1.1 x 900; 0.95 x 900 / 14 = 61.07
+    assert fitted_horizon(recipe, 5, 25.0) == 171  # 5 s: 1,050 s > 990; 855 / 5
+    assert fitted_horizon(recipe, 5, 22.5) is None  # 4.5 s: 945 s, inside the 10% margin
+    assert fitted_horizon(recipe, 5, 20.0) is None  # 4 s: 840 s fits
+    assert fitted_horizon(cfg(max_steps=210), 5, 70.0) is None  # no budget, nothing to fit
+
+    # a clock under which every step takes 2.5 s: 12 steps (30 s) would overrun 20 s; fitted at step 3 to
+    # int(0.95 x 20 / 2.5) = 7 steps, whose cosine ends near 0 (the 12-step one would stand at 0.57 at step 7)
+    ticks = iter(range(10**6))
+    monkeypatch.setattr(train_module, "time", types.SimpleNamespace(perf_counter=lambda: 2.5 * next(ticks)))
+    settings = dict(max_steps=12, warmup_steps=1, time_budget_s=20.0, checkpoint_every=100, eval_every=100)
+    straight = run(pair, data, tmp_path / "a", cfg(**settings))
+    assert straight["steps"] == 7 and straight["stopped"] == "fitted_to_time_budget"
+    lrs = [r["lr"] for r in json.loads((tmp_path / "a" / LOG_FILE).read_text()) if "lr" in r]
+    assert len(lrs) == 7 and lrs[-1] < 0.1 * lrs[1]
+    assert lrs[1:] == sorted(lrs[1:], reverse=True)
+    calls = {"n": 0}
+    forward = KDLoss.forward
+
+    def interrupted(self, batch):
+        if self.training:
+            calls["n"] += 1
+            if calls["n"] == 5:
+                raise KeyboardInterrupt
+        return forward(self, batch)
+
+    monkeypatch.setattr(KDLoss, "forward", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run(pair, data, tmp_path / "b", cfg(**settings))
+    monkeypatch.setattr(KDLoss, "forward", forward)
+    resumed = run(pair, data, tmp_path / "b", cfg(**settings), resume=True)
+    assert resumed["resumed_from"] == 4 and resumed["stopped"] == "fitted_to_time_budget"
+    assert resumed["curves"]["loss"] == straight["curves"]["loss"]  # the fitted schedule survives the resume
 
 
 def test_nan_stops_naming_the_step_and_keeps_the_last_good_checkpoint(pair, data, tmp_path):

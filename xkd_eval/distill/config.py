@@ -142,6 +142,8 @@ class AdaptConfig(RecipeConfig):
             self.adam_betas = tuple(self.adam_betas)
         if self.lora_targets is not None:
             self.lora_targets = list(self.lora_targets)
+        if self.mixed_precision is False:  # YAML reads a bare `no` as false
+            self.mixed_precision = "no"
         problems: list[str] = []
 
         def need(ok: bool, message: str) -> None:

@@ -110,7 +110,7 @@ class KDConfig(RecipeConfig):
     epochs: float = 1.0
     seed: int = 0
     group_by_length: bool = True
-    mixed_precision: str = "auto"  # auto (bf16 on a bf16 GPU, else no) | no | bf16 | fp16
+    mixed_precision: str = "auto"  # auto (bf16 where the GPU or CPU computes it natively, else no) | no | bf16 | fp16
     # recompute each LLM layer in the backward pass instead of keeping its activations: far less memory
     # (two channels of long sequences), about a third more compute
     gradient_checkpointing: bool = False
@@ -135,6 +135,8 @@ class KDConfig(RecipeConfig):
     def __post_init__(self) -> None:
         self.adam_betas = tuple(self.adam_betas)
         self.lora_targets = list(self.lora_targets)
+        if self.mixed_precision is False:  # YAML reads a bare `no` as false
+            self.mixed_precision = "no"
         problems: list[str] = []
 
         def need(ok: bool, message: str) -> None:
@@ -490,9 +492,15 @@ def load_student_model(spec: str) -> Any:
 
 
 def _resolve_precision(value: str) -> str:
+    """``auto``: bf16 autocast where the hardware computes bf16 (a GPU that has it; a CPU with AVX512-BF16,
+    AMX or Arm's BF16), else float32: emulated bf16 on a CPU costs far more than it saves."""
+    from xkd_eval.distill.train import cpu_has_native_bf16
+
     if value != "auto":
         return value
-    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "no"
+    return "bf16" if cpu_has_native_bf16() else "no"
 
 
 def _run_config(config: KDConfig, n_train: int, world: int = 1) -> KDConfig:

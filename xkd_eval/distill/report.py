@@ -164,6 +164,13 @@ def _early_stop_warning(training: Mapping[str, Any]) -> list[str]:
         return []
     planned = (training.get("config") or {}).get("max_steps")
     of = f" of {planned}" if planned else ""
+    if stopped == "fitted_to_time_budget":
+        per_step = training.get("train_seconds", 0) / max(1, training.get("steps") or 1)
+        return [
+            f"**The schedule was fitted to the time budget: {training.get('steps', '?')}{of} steps** (a step took "
+            f"{per_step:.1f} s on this machine): these figures are those of a shorter run than the recipe asks for.",
+            "",
+        ]
     return [
         f"**Training stopped early ({stopped}) at step {training.get('steps', '?')}{of}**: these figures are "
         "those of a shorter run than the recipe asks for.",

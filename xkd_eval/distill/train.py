@@ -66,6 +66,25 @@ RESUMABLE_CHANGES = {
 }  # fmt: skip
 
 
+BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})  # x86 AVX512-BF16 and AMX, the Arm BF16 extension
+
+
+def cpu_has_native_bf16(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> bool:
+    """Whether this CPU computes bfloat16 in hardware (a flag of ``BF16_CPU_FLAGS`` in ``cpuinfo``). Without it
+    bf16 autocast on the CPU is emulated: a training step of the demo's pair then takes minutes, not seconds.
+    Where there is no such file (macOS, Windows) the answer is no."""
+    try:
+        text = Path(cpuinfo).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    flags: set[str] = set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            flags.update(value.split())
+    return bool(flags & BF16_CPU_FLAGS)
+
+
 def config_changes(saved: dict[str, Any], now: dict[str, Any]) -> set[str]:
     """The recipe fields that differ from a checkpoint's, leaving out those a resume may change."""
     return {k for k, v in saved.items() if k not in RESUMABLE_CHANGES and now.get(k) != v}
@@ -271,14 +290,32 @@ def make_optimizer(module: Any, config: AdaptConfig):
     return torch.optim.AdamW(params, lr=config.learning_rate, betas=config.adam_betas, weight_decay=0.0)
 
 
-def make_scheduler(optimizer, config: AdaptConfig):
-    from transformers import get_cosine_schedule_with_warmup
+def make_scheduler(optimizer, config: AdaptConfig, horizon: int | None = None, done: int = 0):
+    """Warmup, then cosine (or linear) decay to 0 at ``horizon`` steps (default ``config.max_steps``), standing
+    at step ``done`` (a schedule refitted mid-run continues from where the old one stood)."""
+    from transformers import get_cosine_schedule_with_warmup, get_linear_schedule_with_warmup
 
-    if not getattr(config, "cosine", True):
-        from transformers import get_linear_schedule_with_warmup
+    make = get_cosine_schedule_with_warmup if getattr(config, "cosine", True) else get_linear_schedule_with_warmup
+    return make(optimizer, config.warmup_steps, horizon or config.max_steps, last_epoch=done - 1)
 
-        return get_linear_schedule_with_warmup(optimizer, config.warmup_steps, config.max_steps)
-    return get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.max_steps)
+
+FIT_AFTER_STEPS = 3  # steps timed (at least; and the warmup) before the schedule is fitted to a time budget
+FIT_WHEN_OVER = 1.1  # fit only when the projected time exceeds the budget by more than this factor
+FIT_TARGET = 0.95  # the fitted schedule's projected share of the budget
+
+
+def fitted_horizon(config: Any, step: int, seconds: float) -> int | None:
+    """The schedule's length fitted to ``config.time_budget_s`` from the mean time of the ``step`` steps so far,
+    when the recipe's ``max_steps`` would overrun it (by more than ``FIT_WHEN_OVER``): on a slower machine the
+    run then finishes a shorter cosine schedule, instead of stopping at the budget in mid-schedule with its
+    learning rate still high. None when it fits as it is."""
+    budget = config.time_budget_s
+    if budget is None or step < 1 or seconds <= 0:
+        return None
+    per_step = seconds / step
+    if per_step * config.max_steps <= FIT_WHEN_OVER * budget:
+        return None
+    return min(config.max_steps, max(step + 1, int(FIT_TARGET * budget / per_step)))
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints
@@ -358,7 +395,7 @@ class TrainResult:
     steps: int
     seconds: float
     log: list[dict[str, Any]] = field(default_factory=list)
-    stopped: str = "max_steps"  # max_steps | time_budget
+    stopped: str = "max_steps"  # max_steps | fitted_to_time_budget (a shorter schedule, finished) | time_budget
     resumed_from: int | None = None
     checkpoint: str | None = None
 
@@ -408,6 +445,12 @@ def train(
     # mixed precision by an explicit autocast around the loss (accelerate's wrapper did not engage it on CPU)
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.mixed_precision)
+    if half is not None and accelerator.device.type == "cpu" and not (half is torch.bfloat16 and cpu_has_native_bf16()):
+        say(
+            f"warning: {config.mixed_precision} autocast on a CPU without native support (no "
+            f"{'/'.join(sorted(BF16_CPU_FLAGS))} in /proc/cpuinfo) is emulated and runs many times slower than "
+            "float32; set mixed_precision: no (or auto, in a distill recipe)"
+        )
     torch.manual_seed(config.seed)
     custom = loss_module is not None
     loss_module = loss_module if custom else ResponseLoss(model)
@@ -422,6 +465,7 @@ def train(
     order = BatchOrder(len(examples), config.batch_size, config.seed, lengths)
 
     step, seconds, history, resumed_from = 0, 0.0, [], None
+    horizon = config.max_steps  # the schedule's length: fewer steps where it is fitted to time_budget_s
     if resume:
         found = checkpoint_dirs(out_dir)
         if found:
@@ -440,13 +484,19 @@ def train(
                     "checkpoints to start over"
                 )
             step, seconds, history = state["step"], state["seconds"], state["log"]
+            horizon = state.get("horizon", config.max_steps)
+            if horizon != config.max_steps:
+                scheduler = make_scheduler(optimizer, config, horizon, done=step)
             resumed_from = step
             say(f"resumed from {found[-1]} (step {step})")
     last_good = str(checkpoint_dirs(out_dir)[-1]) if checkpoint_dirs(out_dir) else None
     result = TrainResult(step, seconds, history, resumed_from=resumed_from, checkpoint=last_good)
+    if horizon != config.max_steps:
+        result.stopped = "fitted_to_time_budget"
 
     def checkpoint() -> None:
         state = {"seconds": round(seconds, 3), "log": history, "config": config.to_dict(), "data": data_identity}
+        state["horizon"] = horizon
         path = save_checkpoint(
             out_dir, step, accelerator.unwrap_model(loss_module), optimizer, scheduler, state, config.keep_checkpoints
         )
@@ -471,7 +521,20 @@ def train(
         _interrupt_guard(accelerator, checkpoint),
         progress_bar(config.max_steps, "training", show, completed=step) as advance,
     ):
-        while step < config.max_steps:
+        while step < horizon:
+            if step == max(FIT_AFTER_STEPS, config.warmup_steps) and horizon == config.max_steps:
+                from accelerate.utils import broadcast
+
+                # every rank takes the main process's timing: one schedule for all of them
+                fitted = fitted_horizon(config, step, float(broadcast(torch.tensor([seconds]).to(accelerator.device))))
+                if fitted is not None and fitted < horizon:
+                    horizon = fitted
+                    scheduler = make_scheduler(optimizer, config, horizon, done=step)
+                    result.stopped = "fitted_to_time_budget"
+                    say(
+                        f"a step takes {seconds / step:.1f} s here: {config.max_steps} steps would overrun "
+                        f"time_budget_s {config.time_budget_s:g}; the schedule is fitted to {horizon} steps"
+                    )
             if config.time_budget_s is not None and seconds >= config.time_budget_s:
                 result.stopped = "time_budget"
                 break
@@ -514,7 +577,7 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             step += 1
             seconds += time.perf_counter() - started
-            if step % config.log_every == 0 or step == config.max_steps:
+            if step % config.log_every == 0 or step == horizon:
                 record = {"step": step, "loss": total, "lr": lr, "seconds": round(seconds, 3), "tokens": n_tokens}
                 if grad_norm is not None:
                     record["grad_norm"] = round(grad_norm, 6)
@@ -522,7 +585,7 @@ def train(
                 history.append(record)
                 if accelerator.is_main_process:
                     _write_log(out_dir, history)
-            if eval_every and (step % eval_every == 0 or step == config.max_steps):
+            if eval_every and (step % eval_every == 0 or step == horizon):
                 run_validation()
             if step % config.checkpoint_every == 0 and accelerator.is_main_process:
                 checkpoint()

@@ -4,6 +4,7 @@ NaN stops naming the step, the T→T-only ablation touches no audio, data-parall
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -79,6 +80,25 @@ def cfg(**changes) -> KDConfig:
     )
     base.update(changes)
     return KDConfig(**base)
+
+
+@contextlib.contextmanager
+def interrupted_at(call: int, monkeypatch):
+    """Inside: the ``call``-th training forward raises KeyboardInterrupt, as a Ctrl-C there would."""
+    calls, forward = {"n": 0}, KDLoss.forward
+
+    def interrupted(self, batch):
+        if self.training:
+            calls["n"] += 1
+            if calls["n"] == call:
+                raise KeyboardInterrupt
+        return forward(self, batch)
+
+    monkeypatch.setattr(KDLoss, "forward", interrupted)
+    try:
+        yield
+    finally:
+        monkeypatch.setattr(KDLoss, "forward", forward)
 
 
 def run(pair, data, out, config, **kw):
@@ -258,21 +278,9 @@ def test_given_responses_are_kept_and_the_teacher_answers_the_rest(pair, data, t
 
 def test_interrupt_then_resume_reproduces_the_uninterrupted_curve(pair, data, tmp_path, monkeypatch):
     straight = run(pair, data, tmp_path / "a", cfg(checkpoint_every=100))["curves"]["loss"]
-    calls = {"n": 0}
-    forward = KDLoss.forward
-
-    def interrupted(self, batch):
-        if self.training:
-            calls["n"] += 1
-            if calls["n"] == 4:
-                raise KeyboardInterrupt
-        return forward(self, batch)
-
-    monkeypatch.setattr(KDLoss, "forward", interrupted)
-    with pytest.raises(KeyboardInterrupt):
+    with interrupted_at(4, monkeypatch), pytest.raises(KeyboardInterrupt):
         run(pair, data, tmp_path / "b", cfg(checkpoint_every=100))
     assert [p.name for p in checkpoint_dirs(tmp_path / "b")] == ["step-000003"]  # written on the interrupt
-    monkeypatch.setattr(KDLoss, "forward", forward)
     resumed = run(pair, data, tmp_path / "b", cfg(checkpoint_every=100), resume=True)
     assert resumed["resumed_from"] == 3
     assert resumed["curves"]["loss"] == straight  # identical per-step losses
@@ -314,20 +322,8 @@ def test_a_run_that_would_overrun_its_time_budget_finishes_a_fitted_schedule(pai
     lrs = [r["lr"] for r in json.loads((tmp_path / "a" / LOG_FILE).read_text()) if "lr" in r]
     assert len(lrs) == 7 and lrs[-1] < 0.1 * lrs[1]
     assert lrs[1:] == sorted(lrs[1:], reverse=True)
-    calls = {"n": 0}
-    forward = KDLoss.forward
-
-    def interrupted(self, batch):
-        if self.training:
-            calls["n"] += 1
-            if calls["n"] == 5:
-                raise KeyboardInterrupt
-        return forward(self, batch)
-
-    monkeypatch.setattr(KDLoss, "forward", interrupted)
-    with pytest.raises(KeyboardInterrupt):
+    with interrupted_at(5, monkeypatch), pytest.raises(KeyboardInterrupt):
         run(pair, data, tmp_path / "b", cfg(**settings))
-    monkeypatch.setattr(KDLoss, "forward", forward)
     resumed = run(pair, data, tmp_path / "b", cfg(**settings), resume=True)
     assert resumed["resumed_from"] == 4 and resumed["stopped"] == "fitted_to_time_budget"
     assert resumed["curves"]["loss"] == straight["curves"]["loss"]  # the fitted schedule survives the resume

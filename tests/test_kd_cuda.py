@@ -16,9 +16,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
-from test_kd import build_pair, cfg, run, write_data  # noqa: E402  (the CPU tests' tiny pair and data)
-
-from xkd_eval.distill.kd import KDLoss  # noqa: E402
+from test_kd import build_pair, cfg, interrupted_at, run, write_data  # noqa: E402  (the CPU tests' tiny pair, data)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -91,20 +89,8 @@ def test_gpu_float32_curve_follows_the_cpu_curve(pair, data, tmp_path):
 def test_gpu_bf16_resume_reproduces_the_uninterrupted_curve(pair, data, tmp_path, monkeypatch):
     settings = dict(checkpoint_every=100, mixed_precision="bf16")
     straight = losses(run(pair, data, tmp_path / "a", cfg(**settings)))
-    calls = {"n": 0}
-    forward = KDLoss.forward
-
-    def interrupted(self, batch):
-        if self.training:
-            calls["n"] += 1
-            if calls["n"] == 4:
-                raise KeyboardInterrupt
-        return forward(self, batch)
-
-    monkeypatch.setattr(KDLoss, "forward", interrupted)
-    with pytest.raises(KeyboardInterrupt):
+    with interrupted_at(4, monkeypatch), pytest.raises(KeyboardInterrupt):
         run(pair, data, tmp_path / "b", cfg(**settings))
-    monkeypatch.setattr(KDLoss, "forward", forward)
     resumed = run(pair, data, tmp_path / "b", cfg(**settings), resume=True)
     assert resumed["resumed_from"] == 3
     assert losses(resumed) == pytest.approx(straight, rel=1e-4)

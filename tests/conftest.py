@@ -179,3 +179,43 @@ def mcq_task(tmp_path_factory) -> Path:
     path = root / "mcq.jsonl"
     path.write_text("".join(json.dumps(x) + "\n" for x in lines))
     return path
+
+
+# ---------------------------------------------------------------------------------------------- KD pair
+
+
+KD_WORDS = ["yes", "no", "answer", "question", "audio", "speech", "text", "option"]
+
+
+def build_pair(tmp_path_factory) -> tuple[str, str]:
+    """A tiny teacher (text LLM) and student (Qwen2-Audio) sharing a tokenizer: the KD tests' pair."""
+    from tiny_models import build_qwen2_audio, build_text_model
+
+    teacher = build_text_model(tmp_path_factory.mktemp("teacher"), seed=1)
+    student = build_qwen2_audio(tmp_path_factory.mktemp("student"), seed=0)
+    return str(teacher), str(student)
+
+
+def write_data(tmp_path_factory) -> Path:
+    import soundfile as sf
+
+    folder = tmp_path_factory.mktemp("kd-data")
+    lines = []
+    for i in range(10):
+        sf.write(folder / f"clip{i}.wav", tone(0.3 + 0.05 * i, freq=200.0 + 40 * i, seed=i), 16_000)
+        instruction = f"question {KD_WORDS[i % 8]} {KD_WORDS[(i + 3) % 8]} audio"
+        response = " ".join(KD_WORDS[(i + j) % 8] for j in range(3 + i % 3))
+        lines.append({"id": f"ex{i}", "instruction": instruction, "response": response, "audio": f"clip{i}.wav"})
+    path = folder / "kd.jsonl"
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    return path
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory) -> tuple[str, str]:
+    return build_pair(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return write_data(tmp_path_factory)

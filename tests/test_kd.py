@@ -17,7 +17,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("peft")
 
 from conftest import tone  # noqa: E402
-from tiny_models import build_qwen2_audio, build_text_model  # noqa: E402
+from tiny_models import build_text_model  # noqa: E402
 
 from xkd_eval.distill.config import ConfigError  # noqa: E402
 from xkd_eval.distill.kd import KDConfig, KDLoss, distill, load_kd_config  # noqa: E402
@@ -26,39 +26,7 @@ from xkd_eval.distill.train import TrainingDataChangedError, TrainingDivergedErr
 from xkd_eval.errors import XkdError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-WORDS = ["yes", "no", "answer", "question", "audio", "speech", "text", "option"]
 OTHER_CORPUS = ["zebra quokka xylophone", "marmalade jacket velvet", "purple orange banana mango kiwi"]
-
-
-def build_pair(tmp_path_factory) -> tuple[str, str]:
-    teacher = build_text_model(tmp_path_factory.mktemp("teacher"), seed=1)
-    student = build_qwen2_audio(tmp_path_factory.mktemp("student"), seed=0)
-    return str(teacher), str(student)
-
-
-def write_data(tmp_path_factory) -> Path:
-    import soundfile as sf
-
-    folder = tmp_path_factory.mktemp("kd-data")
-    lines = []
-    for i in range(10):
-        sf.write(folder / f"clip{i}.wav", tone(0.3 + 0.05 * i, freq=200.0 + 40 * i, seed=i), 16_000)
-        instruction = f"question {WORDS[i % 8]} {WORDS[(i + 3) % 8]} audio"
-        response = " ".join(WORDS[(i + j) % 8] for j in range(3 + i % 3))
-        lines.append({"id": f"ex{i}", "instruction": instruction, "response": response, "audio": f"clip{i}.wav"})
-    path = folder / "kd.jsonl"
-    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
-    return path
-
-
-@pytest.fixture(scope="module")
-def pair(tmp_path_factory) -> tuple[str, str]:
-    return build_pair(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    return write_data(tmp_path_factory)
 
 
 def cfg(**changes) -> KDConfig:

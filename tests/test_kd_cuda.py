@@ -16,19 +16,9 @@ import pytest
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
-from test_kd import build_pair, cfg, interrupted_at, run, write_data  # noqa: E402  (the CPU tests' tiny pair, data)
+from test_kd import cfg, interrupted_at, run  # noqa: E402  (the CPU tests' settings; pair and data: conftest)
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def pair(tmp_path_factory) -> tuple[str, str]:
-    return build_pair(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    return write_data(tmp_path_factory)
 
 
 def losses(figures: dict) -> list[float]:

@@ -353,6 +353,11 @@ def test_config_from_yaml_and_validation(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("lora_rank: 8\nlearning_rate: 1.0e-4\n")
     assert load_config(path).lora_rank == 8
+    path.write_text("learning_rate: 1e-4\nlora_alpha: 16\n")  # YAML 1.1 reads 1e-4 as a string
+    assert (load_config(path).learning_rate, load_config(path).lora_alpha) == (1e-4, 16.0)
+    path.write_text("warmup_steps: ten\n")
+    with pytest.raises(ConfigError, match="warmup_steps must be a whole number, got 'ten'"):
+        load_config(path)
     path.write_text("lora_rnak: 8\n")
     with pytest.raises(ConfigError, match="lora_rnak"):
         load_config(path)

@@ -135,12 +135,17 @@ def test_recipe_fields_set_from_the_command_line_are_checked_before_any_work(tmp
         ("lamda=1", "unknown fields ['lamda'] ('lamda': did you mean 'lam'?)"),
         ("st_weight", "--set expects KEY=VALUE"),
         ("st_weight=-2", "st_weight must be >= 0"),
+        ("learning_rate=fast", "learning_rate must be a number, got 'fast'"),
+        ("max_steps=2.5", "max_steps must be a whole number, got 2.5"),
     ):
         result = runner.invoke(
             app, ["distill", "--config", recipe, "--set", assignment, "--eval", "builtin/qa", "--out", str(tmp_path)]
         )
         assert result.exit_code != 0 and message in result.output, result.output
         assert not (tmp_path / "before").exists()  # refused before anything was measured
+    # YAML 1.1 reads 1e-3 (no dot) as a string: a numeric field reads it as the number it is
+    changed = load_kd_config(recipe).replace(**_field_changes(["learning_rate=1e-3", "max_steps=300.0"]))
+    assert (changed.learning_rate, changed.max_steps) == (1e-3, 300) and isinstance(changed.max_steps, int)
 
 
 def test_a_different_vocabulary_is_refused_before_any_model_loads(pair, data, tmp_path, monkeypatch):

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,10 +40,39 @@ def _refuse_unknown(cls: type, values: dict[str, Any], where: str) -> None:
     raise ConfigError(f"{where}: unknown fields {unknown}{hint}; known: {', '.join(known)}")
 
 
+def _number_field(name: str, value: Any, hint: Any, kind: str) -> Any:
+    """``value`` as the number its field's annotation asks for. YAML 1.1 reads ``1e-3`` (no dot) as a string,
+    so numeric strings are read as numbers; anything else that is not a number is refused by name."""
+    allowed = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    if value is None or not ({int, float} & set(allowed)):
+        return value
+    wanted = float if float in allowed else int
+    what = "a number" if wanted is float else "a whole number"
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            raise ConfigError(f"bad {kind}: {name} must be {what}, got {value!r}") from None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"bad {kind}: {name} must be {what}, got {value!r}")
+    if wanted is int:
+        if not float(value).is_integer():
+            raise ConfigError(f"bad {kind}: {name} must be {what}, got {value!r}")
+        return int(value)
+    return float(value)
+
+
 class RecipeConfig:
-    """What every recipe dataclass shares: a dict/YAML round trip with unknown fields refused."""
+    """What every recipe dataclass shares: a dict/YAML round trip with unknown fields refused, and numeric
+    fields read as numbers (``_read_numbers``, first thing in each ``__post_init__``)."""
 
     kind = "config"
+
+    def _read_numbers(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            setattr(self, f.name, _number_field(f.name, value, hints.get(f.name), self.kind))
 
     def to_dict(self) -> dict[str, Any]:
         record = dataclasses.asdict(self)
@@ -138,6 +169,7 @@ class AdaptConfig(RecipeConfig):
     debug_inject_nan_step: int | None = None  # testing aid: make this step's loss NaN
 
     def __post_init__(self) -> None:
+        self._read_numbers()
         if isinstance(self.adam_betas, list):
             self.adam_betas = tuple(self.adam_betas)
         if self.lora_targets is not None:

@@ -133,6 +133,7 @@ class KDConfig(RecipeConfig):
     debug_inject_nan_step: int | None = None  # testing aid
 
     def __post_init__(self) -> None:
+        self._read_numbers()
         self.adam_betas = tuple(self.adam_betas)
         self.lora_targets = list(self.lora_targets)
         if self.mixed_precision is False:  # YAML reads a bare `no` as false

@@ -276,7 +276,7 @@ def test_a_run_that_would_overrun_its_time_budget_finishes_a_fitted_schedule(pai
     import types
 
     from xkd_eval.distill import train as train_module
-    from xkd_eval.distill.train import LOG_FILE, fitted_horizon
+    from xkd_eval.distill.train import LOG_FILE, BatchOrder, fitted_horizon, step_costs
 
     recipe = cfg(max_steps=210, time_budget_s=900.0)
     assert fitted_horizon(recipe, 5, 70.0) == 61  # 14 s a step: 2,940 s > 1.1 x 900; 0.95 x 900 / 14 = 61.07
@@ -284,11 +284,25 @@ def test_a_run_that_would_overrun_its_time_budget_finishes_a_fitted_schedule(pai
     assert fitted_horizon(recipe, 5, 22.5) is None  # 4.5 s: 945 s, inside the 10% margin
     assert fitted_horizon(recipe, 5, 20.0) is None  # 4 s: 840 s fits
     assert fitted_horizon(cfg(max_steps=210), 5, 70.0) is None  # no budget, nothing to fit
+    # by cost: 3 long steps (cost 3) took 30 s, 3.33 s per unit; the 47 short ones left (cost 1) take 156.7 s,
+    # past 1.1 x 100; (95 - 30) / 3.33 = 19.5 more fit: 22 steps, where the mean step time (10 s) would say 9
+    short_after_long = [3] * 3 + [1] * 47
+    assert fitted_horizon(cfg(max_steps=50, time_budget_s=100.0), 3, 30.0, costs=short_after_long) == 22
+    small = cfg(max_steps=50, time_budget_s=100.0)
+    assert fitted_horizon(small, 3, 30.0) == 9
+    assert fitted_horizon(small, 3, 30.0, rate=1.5, costs=short_after_long) is None  # 100.5 s: inside the margin
+    # a step's cost is its padded tokens: rows x the longest; sorted by length, {1, 1} and {9, 9} batch together
+    order = BatchOrder(4, 2, seed=0, lengths=[1, 9, 1, 9])
+    assert sorted(step_costs(order, [1, 9, 1, 9], 2, grad_accum=1)) == [2, 18]
+    assert step_costs(order, [1, 9, 1, 9], 2, grad_accum=2) == [20, 20]
+    assert step_costs(order, None, 2, grad_accum=1) is None
 
-    # a clock under which every step takes 2.5 s: 12 steps (30 s) would overrun 20 s; fitted at step 3 to
-    # int(0.95 x 20 / 2.5) = 7 steps, whose cosine ends near 0 (the 12-step one would stand at 0.57 at step 7)
+    # a clock under which every step takes 2.5 s, and steps of equal cost: 12 steps (30 s) would overrun 20 s;
+    # fitted at step 3 to int(0.95 x 20 / 2.5) = 7 steps, whose cosine ends near 0 (the 12-step one would
+    # stand at 0.57 at step 7)
     ticks = iter(range(10**6))
     monkeypatch.setattr(train_module, "time", types.SimpleNamespace(perf_counter=lambda: 2.5 * next(ticks)))
+    monkeypatch.setattr(train_module, "step_costs", lambda order, lengths, n, accum: [1] * n)
     settings = dict(max_steps=12, warmup_steps=1, time_budget_s=20.0, checkpoint_every=100, eval_every=100)
     straight = run(pair, data, tmp_path / "a", cfg(**settings))
     assert straight["steps"] == 7 and straight["stopped"] == "fitted_to_time_budget"

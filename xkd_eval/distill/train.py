@@ -304,18 +304,43 @@ FIT_WHEN_OVER = 1.1  # fit only when the projected time exceeds the budget by mo
 FIT_TARGET = 0.95  # the fitted schedule's projected share of the budget
 
 
-def fitted_horizon(config: Any, step: int, seconds: float) -> int | None:
-    """The schedule's length fitted to ``config.time_budget_s`` from the mean time of the ``step`` steps so far,
-    when the recipe's ``max_steps`` would overrun it (by more than ``FIT_WHEN_OVER``): on a slower machine the
-    run then finishes a shorter cosine schedule, instead of stopping at the budget in mid-schedule with its
-    learning rate still high. None when it fits as it is."""
+def step_costs(order: BatchOrder, lengths: Sequence[int] | None, n_steps: int, grad_accum: int) -> list[int] | None:
+    """Each step's relative cost, known before it runs: the padded tokens of its micro-batches (rows × the
+    longest example). Steps differ by several times where lengths do (a batch of long clips against one of
+    short questions); None without lengths."""
+    if lengths is None:
+        return None
+    costs = []
+    for step in range(n_steps):
+        batches = [order(step * grad_accum + m) for m in range(grad_accum)]
+        costs.append(sum(len(b) * max(lengths[i] for i in b) for b in batches))
+    return costs
+
+
+def fitted_horizon(
+    config: Any, step: int, seconds: float, rate: float | None = None, costs: Sequence[float] | None = None
+) -> int | None:
+    """The schedule's length fitted to ``config.time_budget_s``, when the recipe's ``max_steps`` would overrun
+    it (by more than ``FIT_WHEN_OVER``): on a slower machine the run then finishes a shorter cosine schedule,
+    instead of stopping at the budget in mid-schedule with its learning rate still high. None when it fits.
+
+    ``step`` steps took ``seconds``; the rest is projected at ``rate`` seconds per unit of ``costs`` (each
+    step's cost, step_costs), by default the mean step time over equal costs. Projecting by cost matters
+    where the first steps happen to be long or short ones."""
     budget = config.time_budget_s
     if budget is None or step < 1 or seconds <= 0:
         return None
-    per_step = seconds / step
-    if per_step * config.max_steps <= FIT_WHEN_OVER * budget:
+    if costs is None:
+        costs, rate = [1.0] * config.max_steps, seconds / step
+    elif rate is None:
+        rate = seconds / max(sum(costs[:step]), 1e-9)
+    if seconds + rate * sum(costs[step : config.max_steps]) <= FIT_WHEN_OVER * budget:
         return None
-    return min(config.max_steps, max(step + 1, int(FIT_TARGET * budget / per_step)))
+    horizon, spent = step, seconds
+    while horizon < config.max_steps and spent + rate * costs[horizon] <= FIT_TARGET * budget:
+        spent += rate * costs[horizon]
+        horizon += 1
+    return max(step + 1, horizon)
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints
@@ -463,6 +488,7 @@ def train(
     elif not config.group_by_length:
         lengths = None
     order = BatchOrder(len(examples), config.batch_size, config.seed, lengths)
+    costs = step_costs(order, lengths, config.max_steps, config.grad_accum) if config.time_budget_s else None
 
     step, seconds, history, resumed_from = 0, 0.0, [], None
     horizon = config.max_steps  # the schedule's length: fewer steps where it is fitted to time_budget_s
@@ -516,6 +542,8 @@ def train(
 
     loss_module.train()
     rank, world = accelerator.process_index, accelerator.num_processes
+    # the rate of this process's steps after its first (which also pays for warming up), per unit of cost
+    first_step, timed_seconds, timed_cost = step, 0.0, 0.0
     show = progress and accelerator.is_main_process
     with (
         _interrupt_guard(accelerator, checkpoint),
@@ -525,14 +553,16 @@ def train(
             if step == max(FIT_AFTER_STEPS, config.warmup_steps) and horizon == config.max_steps:
                 from accelerate.utils import broadcast
 
-                # every rank takes the main process's timing: one schedule for all of them
-                fitted = fitted_horizon(config, step, float(broadcast(torch.tensor([seconds]).to(accelerator.device))))
+                rate = timed_seconds / timed_cost if costs and timed_cost else None
+                timing = torch.tensor([seconds, rate or 0.0], dtype=torch.float64).to(accelerator.device)
+                seconds_so_far, rate = (float(x) for x in broadcast(timing))  # one schedule for every rank
+                fitted = fitted_horizon(config, step, seconds_so_far, rate or None, costs)
                 if fitted is not None and fitted < horizon:
                     horizon = fitted
                     scheduler = make_scheduler(optimizer, config, horizon, done=step)
                     result.stopped = "fitted_to_time_budget"
                     say(
-                        f"a step takes {seconds / step:.1f} s here: {config.max_steps} steps would overrun "
+                        f"{step} steps took {seconds:.0f} s here: {config.max_steps} steps would overrun "
                         f"time_budget_s {config.time_budget_s:g}; the schedule is fitted to {horizon} steps"
                     )
             if config.time_budget_s is not None and seconds >= config.time_budget_s:
@@ -576,7 +606,10 @@ def train(
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
-            seconds += time.perf_counter() - started
+            took = time.perf_counter() - started
+            seconds += took
+            if costs and step - 1 > first_step:
+                timed_seconds, timed_cost = timed_seconds + took, timed_cost + costs[step - 1]
             if step % config.log_every == 0 or step == horizon:
                 record = {"step": step, "loss": total, "lr": lr, "seconds": round(seconds, 3), "tokens": n_tokens}
                 if grad_norm is not None:

@@ -553,16 +553,17 @@ def train(
             if step == max(FIT_AFTER_STEPS, config.warmup_steps) and horizon == config.max_steps:
                 from accelerate.utils import broadcast
 
-                rate = timed_seconds / timed_cost if costs and timed_cost else None
-                timing = torch.tensor([seconds, rate or 0.0], dtype=torch.float64).to(accelerator.device)
-                seconds_so_far, rate = (float(x) for x in broadcast(timing))  # one schedule for every rank
-                fitted = fitted_horizon(config, step, seconds_so_far, rate or None, costs)
+                # 0.0 stands for "no rate yet" (fitted_horizon then takes the mean over the costs so far)
+                rate = timed_seconds / timed_cost if costs and timed_cost else 0.0
+                timing = torch.tensor([seconds, rate], dtype=torch.float64).to(accelerator.device)
+                taken, rate = (float(x) for x in broadcast(timing))  # the main process's: one schedule for all
+                fitted = fitted_horizon(config, step, taken, rate or None, costs)
                 if fitted is not None and fitted < horizon:
                     horizon = fitted
                     scheduler = make_scheduler(optimizer, config, horizon, done=step)
                     result.stopped = "fitted_to_time_budget"
                     say(
-                        f"{step} steps took {seconds:.0f} s here: {config.max_steps} steps would overrun "
+                        f"{step} steps took {taken:.0f} s here: {config.max_steps} steps would overrun "
                         f"time_budget_s {config.time_budget_s:g}; the schedule is fitted to {horizon} steps"
                     )
             if config.time_budget_s is not None and seconds >= config.time_budget_s:

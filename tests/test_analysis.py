@@ -15,6 +15,7 @@ from xkd_eval.analysis import (
     build_summary,
     mcnemar_exact,
     paired_bootstrap_ci,
+    resolution,
     wilcoxon_p,
     write_tables,
 )
@@ -90,6 +91,41 @@ def test_wilcoxon_p():
     assert wilcoxon_p(a, b) < 0.01
     # one differing pair: exact two-sided p = 1
     assert wilcoxon_p([1, 2, 3], [1, 2, 4]) == 1.0
+
+
+def paired_t_power(effect: float, spread: float, n: int, alpha: float = 0.05) -> float:
+    """Power of the two-sided paired t-test, from the noncentral t distribution itself."""
+    from scipy.stats import nct, t
+
+    critical = t.ppf(1 - alpha / 2, n - 1)
+    shift = effect / spread * math.sqrt(n)
+    return float(nct.sf(critical, n - 1, shift) + nct.cdf(-critical, n - 1, shift))
+
+
+def test_resolution_against_the_noncentral_t():
+    # 208 items whose paired change is -1, 0 or +1 (a flip each way): the mean is +0.1, the SD 0.6
+    x = np.r_[np.ones(42), -np.ones(21), np.zeros(145)]
+    spread = float(np.std(x, ddof=1))
+    result = resolution(x)
+    assert result["n"] == 208
+    # by hand, the normal approximation: (z_0.975 + z_0.8) * SD / sqrt(n) = 2.8016 * SD / sqrt(208)
+    assert result["resolvable"] == pytest.approx(2.8016 * spread / math.sqrt(208), rel=0.01)
+    assert paired_t_power(result["resolvable"], spread, 208) == pytest.approx(0.8, abs=1e-3)
+    # the items needed for the observed mean: the first n at which the power reaches 80%
+    needed = result["items_needed"]
+    assert paired_t_power(x.mean(), spread, needed) >= 0.8 > paired_t_power(x.mean(), spread, needed - 1)
+    assert needed == pytest.approx((2.8016 * spread / x.mean()) ** 2, rel=0.03)
+    # 4x the items halve the resolvable change
+    assert resolution(np.tile(x, 4))["resolvable"] == pytest.approx(result["resolvable"] / 2, rel=0.02)
+
+
+def test_resolution_without_spread_or_effect():
+    assert resolution(np.zeros(30))["resolvable"] is None  # every item unchanged: nothing to scale by
+    assert resolution([1.0])["resolvable"] is None
+    balanced = resolution(np.r_[np.ones(10), -np.ones(10)])
+    assert balanced["resolvable"] > 0 and balanced["items_needed"] is None  # no change to resolve
+    with pytest.raises(ValueError, match="power"):
+        resolution(np.ones(5), power=1.5)
 
 
 def test_agreement():

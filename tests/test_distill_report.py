@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from xkd_eval.analysis import build_summary, write_tables
-from xkd_eval.distill.report import retention_verdict, shrinkage, write_distill_report
+from xkd_eval.distill.report import reading, retention_verdict, shrinkage, write_distill_report
 
 
 def run_table(slm_text_correct: np.ndarray, slm_speech_correct: np.ndarray) -> pd.DataFrame:
@@ -48,6 +48,9 @@ def test_shrinkage_hand_worked(tmp_path):
     assert forgetting["ci"][0] <= forgetting["shrank_by"] <= forgetting["ci"][1]
     assert result["gap"]["before"] == pytest.approx(100 * (before_text.mean() - before_speech.mean()))
     assert result["n"] == n
+    resolved = result["gap"]["resolution"]  # what these 40 items can resolve, from the same differences
+    differences = 100 * ((before_text - before_speech) - (after_text - after_speech))
+    assert resolved["n"] == n and resolved["resolvable"] > 2.8 * differences.std(ddof=1) / np.sqrt(n)
 
     speech = result["speech_score"]
     assert speech["change"] == pytest.approx(100 * (after_speech.mean() - before_speech.mean()))
@@ -103,3 +106,26 @@ def test_retention_verdict_tells_held_lost_and_not_known_apart():
     assert retention_verdict({"ci": [-20.0, -1.0]}).startswith("did not hold")
     assert retention_verdict({"ci": [-11.0, 5.5]}).startswith("not known")  # the reference run's CI
     assert retention_verdict({"ci": [-5.0, 0.0]}).startswith("not known")  # both ends on the fence
+
+
+def test_reading_says_what_an_unresolved_change_would_need():
+    resolved = {"n": 208, "resolvable": 14.4, "items_needed": 1293, "power": 0.8, "alpha": 0.05}
+    shrank = {
+        "builtin/mcq": {
+            "n": 208,
+            "gap": {"before": 38.5, "after": 32.7, "shrank_by": 5.8, "ci": [-4.3, 15.9], "resolution": resolved},
+            "forgetting": {"before": 21.6, "after": -0.8, "shrank_by": 22.4, "ci": [12.0, 32.8],
+                           "resolution": resolved | {"items_needed": 40}},
+        }
+    }  # fmt: skip
+    lines = reading(shrank)
+    gap = next(line for line in lines if " gap " in line)
+    assert gap == (
+        "- `builtin/mcq` gap shrank by 5.8 points [-4.3, +15.9]: the CI includes no change; 208 items resolve "
+        "a change of 14.4 points 80% of the time, and this one would need about 1,293 items."
+    )
+    forgetting = next(line for line in lines if "forgetting" in line)
+    assert forgetting.endswith("the CI excludes no change.")  # resolved: nothing to add
+    # a summary written before resolutions were recorded reads as it did
+    del shrank["builtin/mcq"]["gap"]["resolution"]
+    assert next(line for line in reading(shrank) if " gap " in line).endswith("the CI includes no change.")

@@ -3,7 +3,14 @@
 ``stats`` holds the pure paired statistics; ``summary`` turns a results table into ``summary.json``.
 """
 
-from xkd_eval.analysis.stats import agreement, bootstrap_ci, mcnemar_exact, paired_bootstrap_ci, wilcoxon_p
+from xkd_eval.analysis.stats import (
+    agreement,
+    bootstrap_ci,
+    mcnemar_exact,
+    paired_bootstrap_ci,
+    resolution,
+    wilcoxon_p,
+)
 from xkd_eval.analysis.summary import build_summary, write_tables
 
 __all__ = [
@@ -12,6 +19,7 @@ __all__ = [
     "build_summary",
     "mcnemar_exact",
     "paired_bootstrap_ci",
+    "resolution",
     "wilcoxon_p",
     "write_tables",
 ]

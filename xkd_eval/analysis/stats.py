@@ -139,3 +139,41 @@ def agreement(
         if n:
             same_correctness = sum(_right(x) == _right(y) for x, y in zip(a_correct, b_correct, strict=True)) / n
     return {"same_answer": same_answer, "same_correctness": same_correctness}
+
+
+def resolution(differences: ArrayLike, power: float = 0.8, alpha: float = 0.05) -> dict[str, float | int | None]:
+    """What a paired comparison over these items can resolve, by a two-sided paired t-test.
+
+    ``differences`` are the per-item paired differences (after − before, or one arm − another).
+    ``resolvable``: the smallest mean difference that this many items detect with probability
+    ``power`` at level ``alpha``, given the spread of the observed differences. ``items_needed``: how
+    many items like these would detect the observed mean difference with that probability (None when
+    it is zero or the items cannot say: fewer than 2 or no spread). Tells "no effect" apart from "too
+    few items to see one": a CI that includes zero at n items says little about a change under
+    ``resolvable``.
+    """
+    x = _vector(differences, "differences")
+    if not 0.0 < power < 1.0 or not 0.0 < alpha < 1.0:
+        raise ValueError(f"power and alpha must be in (0, 1), got {power} and {alpha}")
+    n = x.size
+    spread = float(np.std(x, ddof=1)) if n >= 2 else 0.0
+    if n < 2 or spread == 0.0:
+        return {"n": int(n), "resolvable": None, "items_needed": None, "power": power, "alpha": alpha}
+    from statsmodels.stats.power import TTestPower
+
+    solver = TTestPower()
+    effect = solver.solve_power(nobs=n, alpha=alpha, power=power, alternative="two-sided")
+    observed = abs(float(np.mean(x))) / spread
+    needed = None
+    if observed > 0:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # statsmodels warns while its root finder brackets the answer
+            found = solver.solve_power(effect_size=observed, alpha=alpha, power=power, alternative="two-sided")
+        needed = int(math.ceil(float(np.squeeze(found)))) if np.isfinite(found) else None
+    return {
+        "n": int(n),
+        "resolvable": float(np.squeeze(effect)) * spread,
+        "items_needed": needed,
+        "power": power,
+        "alpha": alpha,
+    }

@@ -26,11 +26,12 @@ def _per_item(run_dir: Path):
 
 def shrinkage(before_dir: str | Path, after_dir: str | Path, *, seed: int = 0, n_boot: int = 2000) -> dict[str, Any]:
     """Per task: forgetting and gap before and after, and how much each shrank (before − after; > 0 =
-    better), with a paired-bootstrap 95% CI and a Wilcoxon p over the items both runs answered in every
-    arm. The base arm (the teacher) is the same model in both runs, so only the student's arms move."""
+    better), with a paired-bootstrap 95% CI, a Wilcoxon p and the change these items can resolve
+    (``resolution``: 80% power) over the items both runs answered in every arm. The base arm (the
+    teacher) is the same model in both runs, so only the student's arms move."""
     import numpy as np
 
-    from xkd_eval.analysis.stats import paired_bootstrap_ci, wilcoxon_p
+    from xkd_eval.analysis.stats import paired_bootstrap_ci, resolution, wilcoxon_p
 
     before, after = _per_item(Path(before_dir)), _per_item(Path(after_dir))
     summary_before = json.loads((Path(before_dir) / "summary.json").read_text())
@@ -55,6 +56,7 @@ def shrinkage(before_dir: str | Path, after_dir: str | Path, *, seed: int = 0, n
                 "shrank_by": float(np.mean(delta_before - delta_after)),
                 "ci": [lo, hi],
                 "p_value": wilcoxon_p(delta_before, delta_after),
+                "resolution": resolution(delta_before - delta_after),
             }
         # each of the student's arms on its own: "retained" when its score did not drop
         for name, arm in (("text_score", "slm_text"), ("speech_score", "slm_speech")):
@@ -68,6 +70,7 @@ def shrinkage(before_dir: str | Path, after_dir: str | Path, *, seed: int = 0, n
                 "change": float(np.mean(after_arm - before_arm)),
                 "ci": [lo, hi],
                 "p_value": wilcoxon_p(after_arm, before_arm),
+                "resolution": resolution(after_arm - before_arm),
             }
         out[task] = entry
     return out
@@ -296,10 +299,14 @@ def reading(shrank: Mapping[str, Any]) -> list[str]:
                 continue
             sure = "the CI excludes no change" if _excludes_zero(e) else "the CI includes no change"
             if round(e["shrank_by"], 1) == 0:
-                lines.append(f"- `{task}` {name} did not move ({e['shrank_by']:+.1f} points {ci(e)}): {sure}.")
+                unresolved = unresolved_clause(e.get("resolution"))
+                lines.append(
+                    f"- `{task}` {name} did not move ({e['shrank_by']:+.1f} points {ci(e)}): {sure}{unresolved}."
+                )
                 continue
             way = "shrank" if e["shrank_by"] > 0 else "grew"
-            lines.append(f"- `{task}` {name} {way} by {abs(e['shrank_by']):.1f} points {ci(e)}: {sure}.")
+            unresolved = "" if _excludes_zero(e) else unresolved_clause(e.get("resolution"))
+            lines.append(f"- `{task}` {name} {way} by {abs(e['shrank_by']):.1f} points {ci(e)}: {sure}{unresolved}.")
         speech = entry.get("speech_score")
         if speech and "listen" in task:
             lines.append(
@@ -307,6 +314,20 @@ def reading(shrank: Mapping[str, Any]) -> list[str]:
                 f"{speech['after']:.1f}, change {speech['change']:+.1f} {ci(speech)}: {retention_verdict(speech)}."
             )
     return lines
+
+
+def unresolved_clause(resolved: Mapping[str, Any] | None) -> str:
+    """Why a CI that includes no change is not a finding of no effect: what these items can resolve,
+    and how many would resolve the change seen (a paired t-test at 80% power)."""
+    if not resolved or resolved.get("resolvable") is None:
+        return ""
+    clause = (
+        f"; {resolved['n']} items resolve a change of {resolved['resolvable']:.1f} points "
+        f"{round(resolved['power'] * 100)}% of the time"
+    )
+    if resolved.get("items_needed"):
+        clause += f", and this one would need about {resolved['items_needed']:,} items"
+    return clause
 
 
 def retention_verdict(speech: Mapping[str, Any]) -> str:

@@ -237,6 +237,11 @@ def test_summary_schema_exclusions_and_exact_decomposition():
     assert f["test"] == g["test"] == "mcnemar-exact"
     assert 0 < f["p_value"] <= 1 and f["ci"][0] <= f["delta"] <= f["ci"][1]
     assert set(g["agreement"]) == {"same_answer", "same_correctness"}
+    # what these items resolve, from the paired per-item differences (in points)
+    text = used[used.arm == "slm_text"].set_index("item_id")["score"].fillna(0)
+    spoken = speech.set_index("item_id")["score"].fillna(0).loc[text.index]
+    assert g["resolvable"] == pytest.approx(resolution(100 * (text - spoken).to_numpy())["resolvable"])
+    assert g["resolvable"] > abs(g["ci"][1] - g["ci"][0]) / 2  # 80% power asks for more than the CI's reach
     assert 0 <= g["agreement"]["same_answer"] <= g["agreement"]["same_correctness"] <= 100
 
     domains = quiz["breakdowns"]["domain"]

@@ -117,6 +117,7 @@ def test_write_report(runs):
         for lo, hi in intervals:
             assert f"[{lo:.{digits}f}, {hi:.{digits}f}]" in report
         assert f"{task['forgetting']['relative_pct']:+.1f}% of `base_text`" in report
+        assert f"| ±{task['gap']['resolvable']:.{digits}f} |" in report
     assert "scored by option log-likelihood (cloze)" in report
     assert "McNemar exact" in report and "Wilcoxon signed-rank" in report
     assert f"base_text − slm_speech = {mcq['decomposition']['total']:+.1f}" in report

@@ -106,6 +106,28 @@ def test_retention_verdict_tells_held_lost_and_not_known_apart():
     assert retention_verdict({"ci": [-20.0, -1.0]}).startswith("did not hold")
     assert retention_verdict({"ci": [-11.0, 5.5]}).startswith("not known")  # the reference run's CI
     assert retention_verdict({"ci": [-5.0, 0.0]}).startswith("not known")  # both ends on the fence
+    verdict = retention_verdict({"ci": [-9.5, 7.8], "items_to_rule_out_margin": 638})
+    assert verdict.endswith("(about 638 items would tell, were the change seen the true one)")
+
+
+def test_items_to_rule_out_the_retention_margin(tmp_path):
+    n = 60
+    text = np.ones(n)
+    speech_before = np.r_[np.ones(30), np.zeros(30)]
+    speech_after = speech_before.copy()
+    speech_after[:5] = 0  # 5 items lost
+    speech_after[30:33] = 1  # and 3 gained: a change of -2 in 60, -3.3 points, inside the 5-point margin
+    for name, speech in (("before", speech_before), ("after", speech_after)):
+        write_run(tmp_path / name, run_table(text, speech).assign(task="builtin/listen", mcq_mode=None))
+    speech = shrinkage(tmp_path / "before", tmp_path / "after", n_boot=200)["builtin/listen"]["speech_score"]
+    change = 100 * (speech_after - speech_before)
+    assert speech["change"] == pytest.approx(change.mean())
+    # the items at which the CI's lower end clears -5 at 80% power: a paired t-test of change + 5 against 0
+    from xkd_eval.analysis import resolution
+
+    assert speech["items_to_rule_out_margin"] == resolution(change + 5.0)["items_needed"]
+    assert speech["items_to_rule_out_margin"] > n  # these 60 items do not rule it out
+    assert retention_verdict(speech).startswith("not known")
 
 
 def test_reading_says_what_an_unresolved_change_would_need():

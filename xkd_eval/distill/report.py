@@ -71,6 +71,11 @@ def shrinkage(before_dir: str | Path, after_dir: str | Path, *, seed: int = 0, n
                 "ci": [lo, hi],
                 "p_value": wilcoxon_p(after_arm, before_arm),
                 "resolution": resolution(after_arm - before_arm),
+                # retention "held" asks the CI to rule out a drop past the margin: the items that would, at
+                # 80% power, were the change seen the true one (none when it is itself such a drop)
+                "items_to_rule_out_margin": resolution(after_arm - before_arm + RETENTION_MARGIN)["items_needed"]
+                if float(np.mean(after_arm - before_arm)) > -RETENTION_MARGIN
+                else None,
             }
         out[task] = entry
     return out
@@ -338,10 +343,11 @@ def retention_verdict(speech: Mapping[str, Any]) -> str:
         return f"held (the CI rules out a drop of more than {RETENTION_MARGIN:g} points)"
     if high < 0:
         return "did not hold (the CI excludes no change)"
-    return (
-        f"not known: the CI includes no change, and also a drop of more than {RETENTION_MARGIN:g} points "
-        "(more listening items would tell)"
+    needed = speech.get("items_to_rule_out_margin")
+    tell = (
+        f"about {needed:,} items would tell, were the change seen the true one" if needed else "more items would tell"
     )
+    return f"not known: the CI includes no change, and also a drop of more than {RETENTION_MARGIN:g} points ({tell})"
 
 
 def ci(entry: Mapping[str, Any]) -> str:

@@ -811,10 +811,8 @@ def distill(
     }
     if process_state().is_main_process:
         atomic_write_text(out_dir / TRAINING_FILE, json.dumps(figures, indent=1) + "\n")
-    say(
-        f"distilled in {figures['train_seconds']} s ({result.steps} steps); "
-        f"loss {figures['loss_first']} -> {figures['loss_last']}"
-    )
+    losses = " -> ".join("?" if v is None else f"{v:.3f}" for v in (figures["loss_first"], figures["loss_last"]))
+    say(f"distilled in {figures['train_seconds']:.0f} s ({result.steps} steps); loss {losses}")
     return figures
 
 

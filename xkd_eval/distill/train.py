@@ -31,8 +31,9 @@ import random
 import re
 import shutil
 import time
+import warnings
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -261,7 +262,8 @@ def setup_trainable(model: Any, config: Any) -> Any:
             bias="none",
         )
         torch.manual_seed(config.seed)  # LoRA A matrices are drawn here
-        model = get_peft_model(model, lora)
+        with _peft_quiet():
+            model = get_peft_model(model, lora)
     if config.trains_projector:
         projector(model).requires_grad_(True)
     if getattr(config, "trains_llm", False):
@@ -719,8 +721,18 @@ def apply_adapter(model: Any, adapter_dir: str | os.PathLike) -> Any:
     if (adapter_dir / LORA_CONFIG_FILE).is_file():
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
+        with _peft_quiet():
+            model = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
     return model
+
+
+@contextmanager
+def _peft_quiet():
+    """peft reads transformers' deprecated ``is_gradient_checkpointing`` while it wraps a model: a
+    FutureWarning on every run that our users cannot act on. Only that warning is silenced."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
 
 
 # ---------------------------------------------------------------------------------------------- organism

@@ -3,14 +3,7 @@
 ``stats`` holds the pure paired statistics; ``summary`` turns a results table into ``summary.json``.
 """
 
-from xkd_eval.analysis.stats import (
-    agreement,
-    bootstrap_ci,
-    mcnemar_exact,
-    paired_bootstrap_ci,
-    resolution,
-    wilcoxon_p,
-)
+from xkd_eval.analysis.stats import agreement, bootstrap_ci, mcnemar_exact, paired_bootstrap_ci, resolution, wilcoxon_p
 from xkd_eval.analysis.summary import build_summary, write_tables
 
 __all__ = [

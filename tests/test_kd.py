@@ -18,7 +18,9 @@ pytest.importorskip("peft")
 
 from conftest import tone  # noqa: E402
 from tiny_models import build_text_model  # noqa: E402
+from transformers import AutoTokenizer  # noqa: E402
 
+import xkd_eval.distill.kd as kd_module  # noqa: E402
 from xkd_eval.distill.config import ConfigError  # noqa: E402
 from xkd_eval.distill.kd import KDConfig, KDLoss, distill, load_kd_config  # noqa: E402
 from xkd_eval.distill.losses import TopK, divergence  # noqa: E402
@@ -247,6 +249,39 @@ def test_given_responses_are_kept_and_the_teacher_answers_the_rest(pair, data, t
     assert figures["teacher_targets"] == 5  # only those the data does not answer
     asked = {json.loads(p.read_text())["instruction"] for p in (tmp_path / "mixed" / "cache" / "targets").iterdir()}
     assert asked == {r["instruction"] for r in rows[::2]}
+    # worked turns the teacher alone reads: its answers are asked again (cached apart), its prompts hold the
+    # turns before the instruction, and the students' prompts are the same as without them
+    context = [["Which instrument has black and white keys?", "Piano."], ["Who delivers letters?", "A postman."]]
+    cached = tmp_path / "mixed" / "cache"
+    before = set((cached / "targets").iterdir())
+    seen = {}
+
+    def collate(items, pad_id, channels, _collate=kd_module.collate_kd):
+        seen.setdefault("items", items)
+        return _collate(items, pad_id, channels)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(kd_module, "collate_kd", collate)
+        with_context = cfg(targets="data_else_teacher", max_steps=1, teacher_context=context)
+        shown = distill(*pair, str(mixed), tmp_path / "context", with_context, progress=False, cache_root=cached)
+    assert shown["teacher_targets"] == 5 and len(set((cached / "targets").iterdir()) - before) == len(asked)
+    tokenizer = AutoTokenizer.from_pretrained(pair[0])
+    for item in seen["items"]:
+        prompt = tokenizer.decode(item.teacher_prompt)
+        assert prompt.index("Piano.") < prompt.index("A postman.") < prompt.rindex(item_instruction(rows, item.id))
+        assert "Piano." not in tokenizer.decode(item.tt_prompt)
+    record = json.loads((tmp_path / "context" / "training.json").read_text())
+    assert record["config"]["teacher_context"] == context
+    with pytest.raises(ConfigError, match="teacher_context"):
+        cfg(teacher_context=[["a question without its answer"]])
+    benchmark = cfg(teacher_context=[["What is the capital of Kenya?", "Nairobi."]])
+    with pytest.raises(XkdError, match="built-in benchmark questions"):
+        run(pair, mixed, tmp_path / "leaky", benchmark)
+    assert not (tmp_path / "leaky").exists()
+
+
+def item_instruction(rows, example_id):
+    return next(r["instruction"] for r in rows if r["id"] == example_id)
 
 
 def test_interrupt_then_resume_reproduces_the_uninterrupted_curve(pair, data, tmp_path, monkeypatch):

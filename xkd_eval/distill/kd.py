@@ -84,6 +84,10 @@ class KDConfig(RecipeConfig):
     # "teacher": the teacher's greedy answers (cached); "data": the given responses; "data_else_teacher": the
     # given response where there is one (e.g. a listening request's sentence), else the teacher's answer
     targets: str = "teacher"
+    # [question, answer] turns the teacher reads before every instruction (its targets and its logits), never
+    # the students: context distillation. Worked examples of short answers make the teacher answer first
+    # instead of restating the question, so the S→T student must take the answer from the clip itself
+    teacher_context: list[list[str]] | None = None
     max_new_tokens: int = 64  # length limit of the teacher's greedy targets
     max_response_tokens: int = 128  # responses are cut to this many tokens
     top_k: int | None = 64  # teacher cache: top-k logits (None = exact full vocabulary)
@@ -151,6 +155,15 @@ class KDConfig(RecipeConfig):
         need(self.divergence in KINDS, f"divergence must be one of {', '.join(KINDS)}")
         need(0 <= self.beta <= 1, "beta must be in [0, 1]")
         need(self.targets in TARGETS, f"targets must be one of {', '.join(TARGETS)}")
+        if self.teacher_context is not None:
+            turns = self.teacher_context
+            well_formed = isinstance(turns, list | tuple) and all(
+                isinstance(t, list | tuple) and len(t) == 2 and all(isinstance(x, str) and x.strip() for x in t)
+                for t in turns
+            )
+            need(well_formed, "teacher_context must be a list of [question, answer] pairs of non-empty strings")
+            if well_formed:
+                self.teacher_context = [list(t) for t in turns]
         need(self.top_k is None or self.top_k >= 1, "top_k must be >= 1 or null (full vocabulary)")
         need(self.teacher_mode in TEACHER_MODES, f"teacher_mode must be one of {', '.join(TEACHER_MODES)}")
         need(self.feature_mode in FEATURE_MODES, f"feature_mode must be one of {', '.join(FEATURE_MODES)}")
@@ -620,6 +633,15 @@ def distill(
     s_tok = processor.tokenizer
     shared = check_vocab_compatible(s_tok.get_vocab(), t_tok.get_vocab(), special_tokens=special_tokens(s_tok, t_tok))
     shared = min(shared, student_vocab_size)
+    if config.teacher_context:
+        from xkd_eval.builtin import asks_builtin_question
+
+        asked = [q for q, _ in config.teacher_context if asks_builtin_question(q)]
+        if asked:
+            raise XkdError(
+                f"teacher_context asks built-in benchmark questions ({asked}): the teacher would be shown how to "
+                "answer the items the reports score; choose other worked questions"
+            )
     # bad data: refused before any model loads
     examples = load_kd_examples(data, limit=config.data_limit, seed=config.seed, log=say, progress=progress)
     out_dir.mkdir(parents=True, exist_ok=True)  # only once the inputs are known good: a refusal leaves nothing
@@ -641,6 +663,7 @@ def distill(
             cache_root / "targets",
             max_new_tokens=config.max_new_tokens,
             batch_size=config.teacher_batch_size,
+            context=config.teacher_context,
             log=say,
             progress=progress,
         )
@@ -666,7 +689,7 @@ def distill(
             family.conversation(example.instruction), tokenize=False, add_generation_prompt=True
         )
         tt = tt_cache.setdefault(tt_text, s_tok(tt_text)["input_ids"])
-        tp = t_tok(teacher_prompt(t_tok, example.instruction))["input_ids"]
+        tp = t_tok(teacher_prompt(t_tok, example.instruction, config.teacher_context))["input_ids"]
         return KDItem(example.id, list(response), list(tt), None, None, list(tp))
 
     train_items = [tokenize_text(e) for e in train_ex]

@@ -200,11 +200,13 @@ def teacher_targets(
     *,
     max_new_tokens: int = 64,
     batch_size: int = 8,
+    context: Sequence[Sequence[str]] | None = None,
     log: Callable[[str], None] | None = None,
     progress: bool = True,
 ) -> list[KDExample]:
     """Each example's response replaced by the teacher's greedy answer to its text prompt (batched,
-    left-padded); answers are cached on disk by teacher identity, prompt and ``max_new_tokens``."""
+    left-padded), after the worked ``context`` turns where given; answers are cached on disk by teacher
+    identity, prompt, context and ``max_new_tokens``."""
     import torch
 
     from xkd_eval.distill.features import progress_bar
@@ -214,7 +216,8 @@ def teacher_targets(
     cache_dir.mkdir(parents=True, exist_ok=True)
 
     def key(instruction: str) -> Path:
-        digest = hashlib.sha256(json.dumps([identity, instruction, max_new_tokens]).encode()).hexdigest()
+        asked = [identity, instruction, max_new_tokens] + ([[list(t) for t in context]] if context else [])
+        digest = hashlib.sha256(json.dumps(asked).encode()).hexdigest()
         return cache_dir / f"{digest[:32]}.json"
 
     answers: dict[str, str] = {}
@@ -236,7 +239,7 @@ def teacher_targets(
             with progress_bar(len(todo), "teacher targets", progress) as advance:
                 for start in range(0, len(todo), batch_size):
                     chunk = todo[start : start + batch_size]
-                    prompts = [teacher_prompt(tokenizer, text) for text in chunk]
+                    prompts = [teacher_prompt(tokenizer, text, context) for text in chunk]
                     enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
                     enc = enc.to(next(model.parameters()).device)
                     with torch.no_grad():
@@ -253,9 +256,15 @@ def teacher_targets(
     return [dataclasses.replace(e, response=answers[e.instruction]) for e in examples]
 
 
-def teacher_prompt(tokenizer: Any, instruction: str) -> str:
-    """The teacher's (text LLM's) prompt: its chat template, user turn, generation prompt."""
-    messages = [{"role": "user", "content": instruction}]
+def teacher_prompt(tokenizer: Any, instruction: str, context: Sequence[Sequence[str]] | None = None) -> str:
+    """The teacher's (text LLM's) prompt: its chat template, the worked ``context`` turns (question, answer)
+    where given, the user turn, generation prompt."""
+    messages = [
+        {"role": role, "content": text}
+        for question, answer in context or ()
+        for role, text in (("user", question), ("assistant", answer))
+    ]
+    messages.append({"role": "user", "content": instruction})
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 

@@ -250,6 +250,8 @@ def write_distill_report(out_dir: str | Path) -> Path:
     if training.get("config"):
         config = training["config"]
         shown = ", ".join(f"{k}={config[k]}" for k in RECIPE_KEYS if k in config)
+        if config.get("teacher_context"):
+            shown += f", teacher_context={len(config['teacher_context'])} worked turns"
         lines += [f"- recipe: {shown}"]
     path = out / "report.md"
     atomic_write_text(path, "\n".join(lines) + "\n")

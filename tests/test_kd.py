@@ -93,6 +93,11 @@ def test_config_validation_and_recipes():
         organism.replace(lamda=1.0)
     with pytest.raises(ConfigError, match="st_weight must be >= 0"):
         organism.replace(st_weight=-1)
+    context = load_kd_config(ROOT / "distill" / "organism-context.yaml")
+    assert context.replace(teacher_context=None) == organism  # only the teacher's worked turns differ
+    from xkd_eval.builtin import asks_builtin_question
+
+    assert len(context.teacher_context) == 4 and not any(asks_builtin_question(q) for q, _ in context.teacher_context)
 
 
 X86_AVX2 = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma avx512f\n\nprocessor\t: 1\nflags\t\t: fpu sse2 avx avx2\n"

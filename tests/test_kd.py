@@ -279,9 +279,8 @@ def test_given_responses_are_kept_and_the_teacher_answers_the_rest(pair, data, t
     assert record["config"]["teacher_context"] == context
     with pytest.raises(ConfigError, match="teacher_context"):
         cfg(teacher_context=[["a question without its answer"]])
-    benchmark = cfg(teacher_context=[["What is the capital of Kenya?", "Nairobi."]])
     with pytest.raises(XkdError, match="built-in benchmark questions"):
-        run(pair, mixed, tmp_path / "leaky", benchmark)
+        run(pair, mixed, tmp_path / "leaky", cfg(teacher_context=[["What is the capital of Kenya?", "Nairobi."]]))
     assert not (tmp_path / "leaky").exists()
 
 

@@ -164,6 +164,14 @@ class KDConfig(RecipeConfig):
             need(well_formed, "teacher_context must be a list of [question, answer] pairs of non-empty strings")
             if well_formed:
                 self.teacher_context = [list(t) for t in turns]
+                from xkd_eval.builtin import asks_builtin_question
+
+                asked = [q for q, _ in self.teacher_context if asks_builtin_question(q)]
+                need(
+                    not asked,
+                    f"teacher_context asks built-in benchmark questions ({asked}): the teacher would be shown how "
+                    "to answer the items the reports score; choose other worked questions",
+                )
         need(self.top_k is None or self.top_k >= 1, "top_k must be >= 1 or null (full vocabulary)")
         need(self.teacher_mode in TEACHER_MODES, f"teacher_mode must be one of {', '.join(TEACHER_MODES)}")
         need(self.feature_mode in FEATURE_MODES, f"feature_mode must be one of {', '.join(FEATURE_MODES)}")
@@ -633,15 +641,6 @@ def distill(
     s_tok = processor.tokenizer
     shared = check_vocab_compatible(s_tok.get_vocab(), t_tok.get_vocab(), special_tokens=special_tokens(s_tok, t_tok))
     shared = min(shared, student_vocab_size)
-    if config.teacher_context:
-        from xkd_eval.builtin import asks_builtin_question
-
-        asked = [q for q, _ in config.teacher_context if asks_builtin_question(q)]
-        if asked:
-            raise XkdError(
-                f"teacher_context asks built-in benchmark questions ({asked}): the teacher would be shown how to "
-                "answer the items the reports score; choose other worked questions"
-            )
     # bad data: refused before any model loads
     examples = load_kd_examples(data, limit=config.data_limit, seed=config.seed, log=say, progress=progress)
     out_dir.mkdir(parents=True, exist_ok=True)  # only once the inputs are known good: a refusal leaves nothing

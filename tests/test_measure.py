@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import pandas as pd
 import pytest
 from tiny_models import CORPUS, build_text_model
 from typer.testing import CliRunner
@@ -25,7 +26,8 @@ def gap_args(tiny_slm, tiny_text, mcq_task, out) -> list[str]:
 
 def test_gap_with_base_writes_the_three_arm_decomposition(tiny_slm, tiny_text, mcq_task, tmp_path):
     out = tmp_path / "run"
-    result = runner.invoke(app, [*gap_args(tiny_slm, tiny_text, mcq_task, out), "--diagnostics", "kl"])
+    args = [*gap_args(tiny_slm, tiny_text, mcq_task, out), "--diagnostics", "kl", "--diagnostics", "hearing"]
+    result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "summary.json").read_text())
     [task] = summary["tasks"]
@@ -37,13 +39,27 @@ def test_gap_with_base_writes_the_three_arm_decomposition(tiny_slm, tiny_text, m
     assert task["forgetting"]["delta"] == pytest.approx(arms["base_text"]["score"] - arms["slm_text"]["score"])
     kl = summary["diagnostics"]["kl"][task["task"]]
     assert kl["kl_base_text_slm_text"] >= 0 and kl["kl_slm_text_slm_speech"] >= 0
+    # hearing: the 9 clips that decode were repeated, scored against the words the TTS-style reading holds
+    hearing = summary["diagnostics"]["hearing"][task["task"]]
+    assert hearing["n"] == 9 and sum(b["n"] for b in hearing["bands"]) == 9
+    assert 0 <= hearing["word_accuracy"] <= 100
+    heard = pd.read_csv(out / "hearing.csv")
+    assert len(heard) == 9 and heard["word_accuracy"].between(0, 1).all()
+    assert heard["heard_text"].str.endswith("Is it A, shark; B, whale; C, trout; or D, squid?").all()
+    assert heard["word_accuracy"].mean() * 100 == pytest.approx(hearing["word_accuracy"])
+    assert "## Hearing the spoken queries" in (out / "report.md").read_text()
+    stored = sum(p.read_text().count('"modality": "hearing"') for p in (out / "results").rglob("*.jsonl"))
+    assert stored == 9
+    # a rerun repeats nothing: the repetitions come from the result store
+    again = runner.invoke(app, args)
+    assert again.exit_code == 0, again.output
+    assert sum(p.read_text().count('"modality": "hearing"') for p in (out / "results").rglob("*.jsonl")) == 9
+    assert json.loads((out / "summary.json").read_text())["diagnostics"]["hearing"] == summary["diagnostics"]["hearing"]
     assert summary["settings"]["mcq_mode"] == "letter"
     for name in ("items.parquet", "items.csv", "report.md", "scores.png", "deltas.png"):
         assert (out / name).is_file(), name
     report = (out / "report.md").read_text()
     assert "letter" in report
-
-    import pandas as pd
 
     items = pd.read_parquet(out / "items.parquet")
     assert {"task", "item_id", "arm", "response", "extracted", "score", "error"} <= set(items.columns)
@@ -86,6 +102,13 @@ def test_bad_inputs_fail_before_any_work(tiny_text, tiny_slm, mcq_task, tmp_path
         app, ["gap", "--model", str(tiny_slm), "--task", f"jsonl:{no_audio}", "--out", str(tmp_path)]
     )
     assert result.exit_code == 2 and "has no audio" in result.output
+    no_speech_arm = runner.invoke(
+        app, ["forgetting", "--model", str(tiny_slm), "--base", str(tiny_text), "--task", f"jsonl:{mcq_task}",
+              "--out", str(tmp_path), "--diagnostics", "hearing"],
+    )  # fmt: skip
+    assert no_speech_arm.exit_code == 2 and "use it with `gap`" in no_speech_arm.output
+    misspelt = runner.invoke(app, [*gap_args(tiny_slm, tiny_text, mcq_task, tmp_path), "--diagnostics", "hearnig"])
+    assert misspelt.exit_code == 2 and "available: kl, hearing" in misspelt.output
     unknown = runner.invoke(app, ["gap", "--model", "qwen2-audoi:x", "--task", "mmau-mini", "--out", str(tmp_path)])
     assert unknown.exit_code == 2 and "qwen2-audio" in unknown.output
     task = runner.invoke(app, ["gap", "--model", str(tiny_slm), "--task", "voicebench/mmsus", "--out", str(tmp_path)])
@@ -102,7 +125,8 @@ def test_kl_refuses_different_vocabularies(tiny_slm, mcq_task, tmp_path):
 
 def test_two_processes_share_the_items_and_rank_0_merges(tiny_slm, tiny_text, mcq_task, tmp_path):
     out = tmp_path / "sharded"
-    command = [sys.executable, "-m", "xkd_eval.cli", *gap_args(tiny_slm, tiny_text, mcq_task, out)]
+    args = [*gap_args(tiny_slm, tiny_text, mcq_task, out), "--diagnostics", "hearing"]
+    command = [sys.executable, "-m", "xkd_eval.cli", *args]
     processes = [
         subprocess.Popen(command, env={**os.environ, "RANK": str(rank), "WORLD_SIZE": "2"}, stdout=subprocess.PIPE)
         for rank in (0, 1)
@@ -114,10 +138,13 @@ def test_two_processes_share_the_items_and_rank_0_merges(tiny_slm, tiny_text, mc
     assert summary["tasks"][0]["n"] == 9 and summary["settings"]["world_size"] == 2
     slm_results = next(p for p in (out / "results").iterdir() if "tiny_slm" in p.name)
     per_rank = {p.name.rsplit(".", 2)[1]: p.read_text().count("\n") for p in slm_results.glob("*.jsonl")}
-    assert set(per_rank) == {"r0", "r1"} and sum(per_rank.values()) == 19  # 10 text + 9 speech, split by rank
+    # 10 text + 9 speech answers + 9 repetitions, split by rank
+    assert set(per_rank) == {"r0", "r1"} and sum(per_rank.values()) == 28
     single = tmp_path / "single"
-    assert runner.invoke(app, gap_args(tiny_slm, tiny_text, mcq_task, single)).exit_code == 0
-    assert json.loads((single / "summary.json").read_text())["tasks"] == summary["tasks"]
+    single_args = [*gap_args(tiny_slm, tiny_text, mcq_task, single), "--diagnostics", "hearing"]
+    assert runner.invoke(app, single_args).exit_code == 0
+    alone = json.loads((single / "summary.json").read_text())
+    assert alone["tasks"] == summary["tasks"] and alone["diagnostics"] == summary["diagnostics"]
 
 
 def test_forgetting_on_an_lm_eval_task(tiny_slm, tiny_text, tmp_path):

@@ -87,7 +87,15 @@ TokensOpt = Annotated[int, typer.Option(help="Longest generated answer, in token
 CompatOpt = Annotated[Compat | None, typer.Option(help="mcq/bbh/refusal scoring: voicebench (official) or robust.")]
 JudgeUrlOpt = Annotated[str | None, typer.Option(help="OpenAI-compatible judge endpoint for open-ended tasks.")]
 JudgeModelOpt = Annotated[str, typer.Option(help="Judge model name.")]
-DiagOpt = Annotated[list[str], typer.Option("--diagnostics", help="Extra judge-free diagnostics: kl.")]
+DIAGNOSTICS = ("kl", "hearing")
+DiagOpt = Annotated[
+    list[str],
+    typer.Option(
+        "--diagnostics",
+        help="Extra judge-free diagnostics: kl (token-level KL of forgetting and gap); hearing (gap only: the speech "
+        "LLM repeats each clip, and the gap is split by how well it heard).",
+    ),
+]
 LmEvalIncludeOpt = Annotated[
     Path | None, typer.Option(help="Folder of extra lm-eval task YAMLs for lm-eval/<task> (its --include_path).")
 ]
@@ -103,9 +111,9 @@ def _measure(
     from xkd_eval.runner.measure import measure
     from xkd_eval.scoring.open_judge import JudgeConfig
 
-    unknown = [d for d in diagnostics if d != "kl"]
+    unknown = [d for d in diagnostics if d not in DIAGNOSTICS]
     if unknown:
-        fail(f"unknown diagnostics {unknown}; available: kl")
+        fail(f"unknown diagnostics {unknown}; available: {', '.join(DIAGNOSTICS)}")
     try:
         config = RunConfig.sharded_from_env(
             out_dir=out,

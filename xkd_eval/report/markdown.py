@@ -64,6 +64,10 @@ def write_report(run_dir: str | Path) -> Path:
         lines += ["No task results in this run.", ""]
     for task in tasks:
         lines += _task_section(task, items[items["task"] == task["task"]], run)
+    hearing = (summary.get("diagnostics") or {}).get("hearing")
+    if hearing:
+        scales = {t["task"]: t["scale"] for t in tasks}
+        lines += _hearing_section(hearing, scales)
     # the runner records how the run was made beside the schema's keys; show it as written
     if summary.get("settings"):
         lines += ["## Run settings", "", "```json", json.dumps(summary["settings"], indent=2, default=str), "```", ""]
@@ -244,6 +248,47 @@ def _overview(tasks: Sequence[Mapping[str, Any]]) -> list[str]:
             + " | ".join(scores + deltas)
             + " |"
         )
+    return lines
+
+
+def _hearing_section(hearing: Mapping[str, Any], scales: Mapping[str, str]) -> list[str]:
+    """``--diagnostics hearing``: how well the speech LLM repeats each clip, and the gap split by it."""
+    any_task = next(iter(hearing.values()))
+    lines = [
+        "## Hearing the spoken queries",
+        "",
+        f'The speech LLM was asked "{any_task["instruction"]}" on each clip its speech arm heard, and its',
+        "repetition scored like `listen`: word accuracy = max(0, 1 − WER) against the clip's words (see",
+        "`hearing.csv`). The gap is then split by how well each item was heard: a gap that sits in the",
+        "misheard items is a hearing problem, one that stays where the query was heard is reasoning over",
+        "speech. A model taught to answer rather than repeat (a distilled student) scores low here for",
+        "that reason too. ρ is Spearman's rank correlation of word accuracy with the speech score.",
+        "",
+        "| task | probed | word accuracy | repeated exactly | ρ (heard vs speech score) |",
+        "|---|---:|---:|---:|---|",
+    ]
+    for task, result in hearing.items():
+        rho = result.get("spearman")
+        rho_cell = "—" if not rho else f"{_signed(rho['rho'], 2)}, p {_p(rho['p'])}"
+        lines.append(
+            f"| {_cell(task)} | {result['n']} | {_num(result['word_accuracy'], 'percent')}% "
+            f"{_ci(result.get('ci'), 'percent')} | {_num(result['exact'], 'percent')}% | {rho_cell} |"
+        )
+    lines.append("")
+    for task, result in hearing.items():
+        scale = scales.get(task, "percent")
+        lines += [
+            f"**{_cell(task)}**: scores by how well the question was heard",
+            "",
+            "| heard (word accuracy) | items | `slm_text` | `slm_speech` | gap |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for band in result["bands"]:
+            lines.append(
+                f"| {band['band']} | {band['n']} | {_num(band['text'], scale)} | {_num(band['speech'], scale)} | "
+                f"{_num(band['gap'], scale, signed=True)} |"
+            )
+        lines.append("")
     return lines
 
 

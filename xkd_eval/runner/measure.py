@@ -14,6 +14,7 @@ from typing import Any
 from xkd_eval.errors import XkdError
 from xkd_eval.io import atomic_write_text
 from xkd_eval.runner.core import ARMS, RunConfig, TaskRun, check_speech_ready, prepare_tasks, release, run_arm
+from xkd_eval.runner.hearing import hearing_diagnostics, run_hearing
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,8 @@ def measure(
         raise XkdError(f"unknown arm(s) {unknown}; arms are {', '.join(ARMS)}")
     if "base_text" in arms and not base:
         raise XkdError("the base_text arm needs --base")
+    if "hearing" in diagnostics and "slm_speech" not in arms:
+        raise XkdError("--diagnostics hearing probes the clips of the speech arm: use it with `gap`")
     speech_capable = {spec: _speech_capable(spec) for spec in (model, base) if spec}  # unknown names fail here
     timings: dict[str, float] = {}
     answered = 0
@@ -91,6 +94,7 @@ def measure(
     timings["load tasks"] = time.perf_counter() - started
 
     rows: list[dict[str, Any]] = []
+    hearing_rows: list[dict[str, Any]] = []
     options = model_options or {}
     role_options = {"base": base_options or {}, "slm": options}
     with _progress() as progress:
@@ -111,30 +115,43 @@ def measure(
                         advance=lambda n, b=bar: progress.advance(b, n), answered=count_answered,
                     )  # fmt: skip
                     timings[f"{arm} {run.spec.name}"] = time.perf_counter() - t0
+                if role == "slm" and "hearing" in diagnostics:
+                    t0 = time.perf_counter()
+                    hearing_rows += run_hearing(adapter, spec, run, config)
+                    timings[f"hearing {run.spec.name}"] = time.perf_counter() - t0
             release(adapter)
             del adapter
 
     out = Path(config.out_dir)
     if config.world_size > 1:
         rows = _gather(rows, out, config)
+        hearing_rows = _gather(hearing_rows, out, config, name="hearing") if "hearing" in diagnostics else []
         if rows is None:
             return None
-    diag = _kl(model, base, runs, rows, config, options, base_options or {}) if "kl" in diagnostics else None
+    diag: dict[str, Any] = {}
+    if "kl" in diagnostics:
+        diag["kl"] = _kl(model, base, runs, rows, config, options, base_options or {})
+    if "hearing" in diagnostics:
+        diag["hearing"] = hearing_diagnostics(hearing_rows, rows)
     # a run served wholly from the cache keeps the timings of the run that answered (the other ranks' counts are
     # not known here, so a multi-process run always writes them)
     if answered == 0 and config.world_size == 1 and (Path(config.out_dir) / "timings.json").exists():
         timings = None
-    return write_outputs(rows, runs, model=model, base=base, config=config, timings=timings, diagnostics=diag)
+    return write_outputs(
+        rows, runs, model=model, base=base, config=config, timings=timings, diagnostics=diag, hearing=hearing_rows
+    )
 
 
-def _gather(rows: list[dict[str, Any]], out: Path, config: RunConfig, timeout_s: float = 3600) -> list | None:
+def _gather(
+    rows: list[dict[str, Any]], out: Path, config: RunConfig, timeout_s: float = 3600, name: str = "rows"
+) -> list | None:
     """File-based merge across ranks: each rank writes its rows; rank 0 waits for all, then merges."""
     shards = out / "shards"
     shards.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(shards / f"rows.r{config.rank}.json", json.dumps(rows, default=str))
+    atomic_write_text(shards / f"{name}.r{config.rank}.json", json.dumps(rows, default=str))
     if config.rank != 0:
         return None
-    expected = [shards / f"rows.r{r}.json" for r in range(config.world_size)]
+    expected = [shards / f"{name}.r{r}.json" for r in range(config.world_size)]
     deadline = time.monotonic() + timeout_s
     while not all(p.exists() for p in expected):
         if time.monotonic() > deadline:
@@ -179,9 +196,12 @@ def _kl(model: str, base: str | None, runs: list[TaskRun], rows, config: RunConf
 
 
 def write_outputs(
-    rows, runs, *, model, base, config: RunConfig, timings: dict[str, float] | None, diagnostics=None
+    rows, runs, *, model, base, config: RunConfig, timings: dict[str, float] | None, diagnostics=None, hearing=()
 ) -> Path:
-    """Write the tables, summary, report and plots; `timings` None leaves an earlier timings.json as it is."""
+    """Write the tables, summary, report and plots; `timings` None leaves an earlier timings.json as it is.
+
+    ``diagnostics`` (name -> per-task results) go into the summary; ``hearing`` rows into ``hearing.csv``.
+    """
     import pandas as pd
 
     from xkd_eval.analysis import build_summary, write_tables
@@ -210,8 +230,11 @@ def write_outputs(
         "world_size": config.world_size,
     }
     if diagnostics:
-        summary["diagnostics"] = {"kl": diagnostics}
+        summary["diagnostics"] = diagnostics
     write_tables(table, out, summary)
+    if hearing:
+        heard = pd.DataFrame(list(hearing)).sort_values(["task", "item_id"], key=lambda c: c.map(str))
+        atomic_write_text(out / "hearing.csv", heard.to_csv(index=False))
     write_report(out)
     if timings is not None:
         timings["write outputs"] = time.perf_counter() - t0

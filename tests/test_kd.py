@@ -509,6 +509,21 @@ def test_kd_data_sources_split_and_organism_set(tmp_path, monkeypatch):
         ROOT / "distill" / "organism.yaml"
     )  # only the data and the steps differ from the recipe
 
+    # the dictation set: the default set, and each of its instructions once more as a listening request of itself
+    dictation = read_kd_jsonl(write_organism_kd_data(tmp_path / "dictation.jsonl", dictate=True))
+    shipped = (ROOT / "distill" / "organism-kd-dictation.jsonl").read_text()
+    assert (tmp_path / "dictation.jsonl").read_text() == shipped
+    assert set(dictation) > set(examples) and not any(asks_builtin(e) for e in dictation)
+    dictated = [e for e in dictation if e not in set(examples)]
+    assert sorted(e.spoken_text for e in dictated) == sorted(plain)
+    assert all(e.response == e.spoken_text and e.heard_instruction == LISTEN_INSTRUCTION for e in dictated)
+    recipe = load_kd_config(ROOT / "distill" / "organism-dictation.yaml")
+    assert recipe.data == "distill/organism-kd-dictation.jsonl"
+    assert (recipe.max_steps, recipe.max_response_tokens) == (260, 20)
+    assert recipe.replace(data="distill/organism-kd.jsonl", max_steps=210, max_response_tokens=48) == load_kd_config(
+        ROOT / "distill" / "organism.yaml"
+    )
+
 
 def test_kd_data_that_asks_a_benchmark_question_in_other_words_is_left_out(tmp_path):
     from xkd_eval.builtin import builtin_paraphrases, records

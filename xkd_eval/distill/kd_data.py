@@ -477,16 +477,38 @@ def organism_listening_requests(n: int = ORGANISM_LISTENING_REQUESTS) -> list[KD
 ORGANISM_BROAD_LISTENING_REQUESTS = 300
 
 
-def write_organism_kd_data(path: str | os.PathLike = "distill/organism-kd.jsonl", *, broad: bool = False) -> Path:
+def dictated_questions(instructions: Sequence[str]) -> list[KDExample]:
+    """Each instruction as a listening request: the S→T student hears the question and must repeat it.
+
+    The organism repeats its spoken benchmark questions with 14% of the words right against 47% of the
+    listening sentences (``--diagnostics hearing``): its spoken answers are near chance because it does not
+    hear what is asked. Dictating the KD questions themselves trains hearing on the very kind of speech
+    the answers depend on (short spoken questions), still without a benchmark question."""
+    from xkd_eval.builtin import LISTEN_INSTRUCTION
+
+    return [
+        KDExample(kd_id(f"Repeat exactly: {q}"), f"Repeat exactly: {q}", q, q, None, LISTEN_INSTRUCTION)
+        for q in instructions
+    ]
+
+
+def write_organism_kd_data(
+    path: str | os.PathLike = "distill/organism-kd.jsonl", *, broad: bool = False, dictate: bool = False
+) -> Path:
     """Write the organism's default KD data: the templated requests and questions (no responses: the
     teacher answers them), with the listening requests (their sentence as the response) spread among them.
     ``broad=True`` writes the broader set (``distill/organism-kd-broad.jsonl``): 1,154 instructions and 300
-    listening requests."""
+    listening requests. ``dictate=True`` (``distill/organism-kd-dictation.jsonl``) adds every instruction
+    once more as a listening request of itself (``dictated_questions``)."""
     from xkd_eval.io import atomic_write_jsonl
 
     listening = organism_listening_requests(ORGANISM_BROAD_LISTENING_REQUESTS if broad else ORGANISM_LISTENING_REQUESTS)
-    examples = [KDExample(kd_id(s), s) for s in organism_kd_instructions(broad=broad)] + listening
+    instructions = organism_kd_instructions(broad=broad)
+    examples = [KDExample(kd_id(s), s) for s in instructions] + listening
     random.Random(3).shuffle(examples)
+    if dictate:  # a second shuffle: without dictation the sets are as they were
+        examples += dictated_questions(instructions)
+        random.Random(4).shuffle(examples)
     examples, _ = _not_builtin(examples)
     return atomic_write_jsonl(path, (e.record() for e in examples))
 
@@ -495,6 +517,7 @@ __all__ = [
     "HUB_DEFAULT",
     "KDExample",
     "asks_builtin",
+    "dictated_questions",
     "load_hub_examples",
     "load_kd_examples",
     "ORGANISM_BROAD_LISTENING_REQUESTS",

@@ -31,7 +31,8 @@ def test_demo_pipeline_on_tiny_models(tiny_text, tiny_slm, mcq_task, tmp_path, m
     [task] = summary["tasks"]
     assert set(task["arms"]) == {"base_text", "slm_text", "slm_speech"} and task["mcq_mode"] == "cloze"
     assert {"forgetting", "gap", "decomposition"} <= set(task)
-    assert (tmp_path / "measure" / "report.md").is_file()
+    assert summary["diagnostics"]["hearing"][task["task"]]["n"] == 9  # every clip that decodes was repeated
+    assert "## Hearing the spoken queries" in (tmp_path / "measure" / "report.md").read_text()
     results = sorted((tmp_path / "measure" / "results").rglob("*.jsonl"))
     before = [p.read_text() for p in results]
     demo.run_demo(tmp_path, distill=False)  # a rerun: everything comes from the caches
@@ -68,6 +69,7 @@ def test_demo_distillation_stage_on_tiny_models(tiny_text, tiny_slm, mcq_task, t
         "eval_fraction: 0.0\nmixed_precision: 'no'\nlearning_rate: 1.0e-3\n"
     )
     monkeypatch.setattr(demo, "DISTILL_RECIPE", recipe)
+    monkeypatch.setattr(demo, "DISTILL_DIAGNOSTICS", ("hearing",))  # the path `distill --diagnostics hearing` takes
 
     stages = demo.run_demo(tmp_path / "reports", distill=True)
     assert list(stages)[-1] == "distil organism from organism-base, measure before/after"
@@ -84,6 +86,8 @@ def test_demo_distillation_stage_on_tiny_models(tiny_text, tiny_slm, mcq_task, t
     assert str(tmp_path / "cache") not in (out / "training.json").read_text()  # no machine's paths in the report
     report = (out / "report.md").read_text()
     assert "forgetting" in report and "gap" in report
+    heard = json.loads((out / "hearing_change.json").read_text())[task_before["task"]]
+    assert heard["n"] == 9 and f"| `{task_before['task']}` | 9 | {heard['before']:.1f} → " in report
     assert not (out / "before" / "shards").exists() and (tmp_path / "cache" / "demo-distill" / "student").is_dir()
 
     # a changed recipe cannot continue the finished training in the cache: the demo trains again

@@ -151,3 +151,31 @@ def test_reading_says_what_an_unresolved_change_would_need():
     # a summary written before resolutions were recorded reads as it did
     del shrank["builtin/mcq"]["gap"]["resolution"]
     assert next(line for line in reading(shrank) if " gap " in line).endswith("the CI includes no change.")
+
+
+def test_hearing_before_and_after_is_paired_over_the_items_probed_in_both(tmp_path):
+    from xkd_eval.distill.report import hearing_change
+
+    assert hearing_change(tmp_path / "before", tmp_path / "after") == {}  # no probe: nothing to show
+    probes = {
+        "before": {"q0": 0.0, "q1": 0.5, "q2": 0.25, "q3": 1.0},
+        "after": {"q0": 0.5, "q1": 0.5, "q2": 1.0},  # q3 was not probed after: left out of the pairing
+    }
+    for run, accuracy in probes.items():
+        (tmp_path / run).mkdir()
+        rows = pd.DataFrame(
+            {"task": "builtin/mcq", "item_id": list(accuracy), "word_accuracy": list(accuracy.values())}
+        )
+        rows.to_csv(tmp_path / run / "hearing.csv", index=False)
+    result = hearing_change(tmp_path / "before", tmp_path / "after")["builtin/mcq"]
+    # by hand over q0-q2: before (0 + 50 + 25) / 3 = 25, after (50 + 50 + 100) / 3 = 66.67
+    assert result["n"] == 3
+    assert result["before"] == pytest.approx(25.0) and result["after"] == pytest.approx(200 / 3)
+    assert result["change"] == pytest.approx(200 / 3 - 25)
+    assert result["ci"][0] <= result["change"] <= result["ci"][1] and result["ci"][0] >= 0  # no item got worse
+    correct = np.array([1.0, 0.0, 1.0, 1.0])
+    write_run(tmp_path / "before", run_table(correct, correct))
+    write_run(tmp_path / "after", run_table(correct, correct))
+    report = write_distill_report(tmp_path).read_text()
+    assert "| `builtin/mcq` | 3 | 25.0 → 66.7 | +41.7 [" in report
+    assert json.loads((tmp_path / "hearing_change.json").read_text())["builtin/mcq"]["n"] == 3

@@ -150,6 +150,13 @@ def test_recipe_fields_set_from_the_command_line_are_checked_before_any_work(tmp
         )
         assert result.exit_code != 0 and message in result.output, result.output
         assert not (tmp_path / "before").exists()  # refused before anything was measured
+    for extra, message in (
+        (["--diagnostics", "hearnig", "--eval", "builtin/qa"], "available: kl, hearing"),
+        (["--diagnostics", "hearing"], "add --eval TASK"),
+    ):
+        result = runner.invoke(app, ["distill", "--config", recipe, *extra, "--out", str(tmp_path)])
+        assert result.exit_code == 2 and message in result.output, result.output
+        assert not (tmp_path / "before").exists()
     # YAML 1.1 reads 1e-3 (no dot) as a string: a numeric field reads it as the number it is
     changed = load_kd_config(recipe).replace(**_field_changes(["learning_rate=1e-3", "max_steps=300.0"]))
     assert (changed.learning_rate, changed.max_steps) == (1e-3, 300) and isinstance(changed.max_steps, int)

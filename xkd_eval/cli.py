@@ -102,6 +102,12 @@ LmEvalIncludeOpt = Annotated[
 DeviceOpt = Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda if available).")]
 
 
+def _check_diagnostics(diagnostics: list[str]) -> None:
+    unknown = [d for d in diagnostics if d not in DIAGNOSTICS]
+    if unknown:
+        fail(f"unknown diagnostics {unknown}; available: {', '.join(DIAGNOSTICS)}")
+
+
 def _measure(
     *, model, base, tasks, arms, out, limit, data_dir, mcq_mode, batch_size, max_new_tokens, compat,
     judge_url, judge_model, diagnostics, device, lm_eval_include=None,
@@ -111,9 +117,7 @@ def _measure(
     from xkd_eval.runner.measure import measure
     from xkd_eval.scoring.open_judge import JudgeConfig
 
-    unknown = [d for d in diagnostics if d not in DIAGNOSTICS]
-    if unknown:
-        fail(f"unknown diagnostics {unknown}; available: {', '.join(DIAGNOSTICS)}")
+    _check_diagnostics(diagnostics)
     try:
         config = RunConfig.sharded_from_env(
             out_dir=out,
@@ -299,11 +303,16 @@ def distill(
     mcq_mode: McqOpt = McqMode.cloze,
     batch_size: BatchOpt = 16,
     max_new_tokens: TokensOpt = 48,
+    diagnostics: DiagOpt = [],  # noqa: B006 - typer reads the default
 ) -> None:
     """Cross-modal knowledge distillation (T→T + S→T) with before/after measurements."""
     from xkd_eval.distill.pipeline import run_distillation
     from xkd_eval.models.base import GenerationSettings
     from xkd_eval.runner.core import RunConfig
+
+    _check_diagnostics(diagnostics)
+    if diagnostics and not eval_task:
+        fail("--diagnostics runs with the before/after measurements: add --eval TASK")
 
     eval_config = RunConfig(
         out_dir=out / "before", settings=GenerationSettings(max_new_tokens=max_new_tokens),
@@ -313,7 +322,7 @@ def distill(
         figures = run_distillation(
             teacher=teacher, student=student, data=data, config=config, out=out, eval_tasks=eval_task,
             channels=channels.value if channels else None, resume=resume, eval_config=eval_config,
-            overrides=_field_changes(set_field),
+            overrides=_field_changes(set_field), diagnostics=diagnostics,
         )  # fmt: skip
     except XkdError as exc:
         fail(str(exc))

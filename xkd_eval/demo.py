@@ -2,7 +2,8 @@
 
 Stages, each timed: prepare the real parts (convert SmolLM2 and Whisper-base, assemble and adapt the
 organism), synthesise the built-in benchmark's spoken versions, measure forgetting and the gap of
-``organism`` against ``organism-base`` (all three arms) into ``reports/measure/``, then the remedy:
+``organism`` against ``organism-base`` (all three arms, and how well the organism hears each spoken
+query: ``--diagnostics hearing``) into ``reports/measure/``, then the remedy:
 distil ``organism`` from ``organism-base`` (``distill/organism.yaml``) and measure it again on mcq, qa
 and listen into ``reports/distill/`` (``--no-distill`` stops after the measurement). Everything is
 cached: a rerun redoes nothing and takes seconds.
@@ -21,10 +22,15 @@ from rich.console import Console
 MEASURE_TASKS = ("builtin/mcq", "builtin/qa", "builtin/ifeval", "builtin/refusal", "builtin/listen")
 MCQ_MODE = "cloze"
 MAX_NEW_TOKENS = 48
+# does the organism hear its spoken questions? (the gap's first suspect; reports/measure's "Hearing" section)
+MEASURE_DIAGNOSTICS = ("hearing",)
 # before/after the distillation: knowledge (mcq, qa) and listening retention (listen)
 DISTILL_EVAL = ("builtin/mcq", "builtin/qa", "builtin/listen")
 DISTILL_RECIPE = Path(__file__).resolve().parents[1] / "distill" / "organism.yaml"
 DISTILL_LIMIT = None  # every item of each task, before and after (the teacher's answers are reused)
+# none: a student distilled on the default KD set answers what it hears instead of repeating it, so after
+# the distillation the hearing probe would measure obedience more than hearing (the measurement has it)
+DISTILL_DIAGNOSTICS: tuple[str, ...] = ()
 
 
 @dataclass
@@ -74,6 +80,7 @@ def distill_stage(reports: Path, config) -> None:
             teacher=None, student=None, data=None, config=DISTILL_RECIPE, out=out, eval_tasks=DISTILL_EVAL,
             eval_config=replace(config, limit=config.limit or DISTILL_LIMIT), train_dir=distilled_dir(),
             resume=True, distilled_name=DISTILLED_NAME,  # a finished training on the same data is reused
+            diagnostics=DISTILL_DIAGNOSTICS,
         )  # fmt: skip
 
     try:
@@ -116,6 +123,7 @@ def run_demo(reports: Path, *, limit: int | None = None, distill: bool = True):
             tasks=MEASURE_TASKS,
             arms=["base_text", "slm_text", "slm_speech"],
             config=config,
+            diagnostics=MEASURE_DIAGNOSTICS,
         )
     if distill:
         with clock.stage("distil organism from organism-base, measure before/after"):

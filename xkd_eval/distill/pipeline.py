@@ -3,7 +3,7 @@
 With ``--eval`` tasks, the student is measured against the teacher (all three arms) before and after
 training, on the same items and settings, into ``before/`` and ``after/``; ``report.md`` then shows by
 how much forgetting and the gap shrank (paired over items), listening retention, and the training
-curves per channel.
+curves per channel; with ``diagnostics=("hearing",)`` also how well the student repeats the clips.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ def run_distillation(
     train_dir: Path | None = None,
     overrides: dict[str, Any] | None = None,
     distilled_name: str | None = None,
+    diagnostics: Sequence[str] = (),
 ) -> dict[str, Any]:
     """``train_dir`` (default ``out/train``) takes the checkpoints and the merged student, which are
     large; ``out`` keeps the measurements, ``training.json`` and the report. ``distilled_name``: a named
@@ -50,7 +51,10 @@ def run_distillation(
     teacher, student = teacher or kd_config.teacher, student or kd_config.student
     arms = ["base_text", "slm_text", "slm_speech"]
     if eval_tasks:
-        measure(model=student, base=teacher, tasks=eval_tasks, arms=arms, config=eval_config.with_out(out / "before"))
+        measure(
+            model=student, base=teacher, tasks=eval_tasks, arms=arms, config=eval_config.with_out(out / "before"),
+            diagnostics=diagnostics,
+        )  # fmt: skip
     train_dir = Path(train_dir) if train_dir else out / "train"
     figures = distill(teacher, student, data, train_dir, kd_config, resume=resume)
     training = json.loads((train_dir / "training.json").read_text())
@@ -68,6 +72,7 @@ def run_distillation(
             tasks=eval_tasks,
             arms=arms,
             config=eval_config.with_out(out / "after"),
+            diagnostics=diagnostics,
             # the encoder is frozen: the clips' encoder outputs from `before` serve `after` too
             model_options={"encoder_cache": True} if not distilled_name and adapter == "qwen2-audio" else None,
         )

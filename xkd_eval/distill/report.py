@@ -186,6 +186,29 @@ def _early_stop_warning(training: Mapping[str, Any]) -> list[str]:
     ]
 
 
+def hearing_change(before_dir: str | Path, after_dir: str | Path, *, seed: int = 0) -> dict[str, Any]:
+    """Per task, from both runs' ``hearing.csv`` (``--diagnostics hearing``): the mean word accuracy of
+    the repetitions before and after (percent) over the items probed in both, and the paired change with
+    a paired-bootstrap 95% CI. Empty where either run has no hearing probe."""
+    import pandas as pd
+
+    from xkd_eval.analysis.stats import paired_bootstrap_ci
+
+    paths = [Path(d) / "hearing.csv" for d in (before_dir, after_dir)]
+    if not all(p.is_file() for p in paths):
+        return {}
+    before, after = (pd.read_csv(p).set_index(["task", "item_id"])["word_accuracy"] for p in paths)
+    both = pd.concat({"before": before, "after": after}, axis=1).dropna()
+    out: dict[str, Any] = {}
+    for task, rows in both.groupby(level="task", sort=False):
+        a, b = 100 * rows["before"].to_numpy(), 100 * rows["after"].to_numpy()
+        out[str(task)] = {
+            "n": int(len(rows)), "before": float(a.mean()), "after": float(b.mean()),
+            "change": float(b.mean() - a.mean()), "ci": list(paired_bootstrap_ci(b, a, seed=seed)),
+        }  # fmt: skip
+    return out
+
+
 def write_distill_report(out_dir: str | Path) -> Path:
     """``out_dir`` holds ``before/`` and ``after/`` (measurement runs) and ``training.json``."""
     from xkd_eval.report import compare_runs
@@ -226,6 +249,23 @@ def write_distill_report(out_dir: str | Path) -> Path:
             moved(entry.get("speech_score"), "change"),
         ]
         lines.append(f"| `{task}` | {entry['n']} | " + " | ".join(cells) + " |")
+    heard = hearing_change(out / "before", out / "after")
+    if heard:
+        atomic_write_text(out / "hearing_change.json", json.dumps(heard, indent=2))
+        lines += [
+            "",
+            "**Hearing** (`--diagnostics hearing`): word accuracy of the student's repetitions of the clips its "
+            'speech arm hears ("Repeat exactly what the speaker says."), before → after, paired over items. A '
+            "student taught to answer what it hears may answer instead of repeating: then this falls for that "
+            "reason too.",
+            "",
+            "| task | n | word accuracy before → after | change |",
+            "|---|---|---|---|",
+            *(
+                f"| `{task}` | {e['n']} | {e['before']:.1f} → {e['after']:.1f} | {e['change']:+.1f} {ci(e)} |"
+                for task, e in heard.items()
+            ),
+        ]
     lines += ["", "## Reading", "", *reading(shrank), ""]
     if arm_plot:
         lines += [f"![scores by arm before and after]({arm_plot.name})", ""]

@@ -174,3 +174,31 @@ def test_forgetting_on_an_lm_eval_task(tiny_slm, tiny_text, tmp_path):
         assert runner.invoke(app, args).exit_code == 0
     finally:
         lmeval.run_lm_eval_task = original
+
+
+def test_a_clip_the_model_fails_to_repeat_is_recorded_and_the_probe_goes_on(tiny_slm, mcq_task, tmp_path, monkeypatch):
+    from xkd_eval.models.hf import HFChatAdapter
+    from xkd_eval.runner.hearing import HEARING_INSTRUCTION
+
+    real_generate = HFChatAdapter.generate
+
+    def generate(self, queries, settings):
+        if any(q.item_id == "q1" and q.text == HEARING_INSTRUCTION for q in queries):
+            raise RuntimeError("out of memory on q1")  # one clip's failure, as a real run meets it
+        return real_generate(self, queries, settings)
+
+    monkeypatch.setattr(HFChatAdapter, "generate", generate)
+    out = tmp_path / "run"
+    args = [
+        "gap", "--model", str(tiny_slm), "--task", f"jsonl:{mcq_task}", "--out", str(out), "--limit", "4",
+        "--mcq-mode", "letter", "--max-new-tokens", "2", "--batch-size", "4", "--diagnostics", "hearing",
+    ]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    hearing = json.loads((out / "summary.json").read_text())["diagnostics"]["hearing"][f"jsonl:{mcq_task}"]
+    assert (hearing["n"], hearing["n_failed"]) == (3, 1)
+    assert f"| jsonl:{mcq_task} | 3 (1 failed) |" in (out / "report.md").read_text()
+    heard = pd.read_csv(out / "hearing.csv").set_index("item_id")
+    assert "out of memory on q1" in heard.loc["q1", "error"] and heard["error"].isna().sum() == 3
+    stored = "".join(p.read_text() for p in (out / "results").rglob("*.jsonl"))
+    assert stored.count('"modality": "hearing"') == 3 and '"item_id": "q1", "modality": "hearing"' not in stored

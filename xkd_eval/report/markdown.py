@@ -270,8 +270,9 @@ def _hearing_section(hearing: Mapping[str, Any], scales: Mapping[str, str]) -> l
     for task, result in hearing.items():
         rho = result.get("spearman")
         rho_cell = "—" if not rho else f"{_signed(rho['rho'], 2)}, p {_p(rho['p'])}"
+        failed = f" ({result['n_failed']} failed)" if result.get("n_failed") else ""
         lines.append(
-            f"| {_cell(task)} | {result['n']} | {_num(result['word_accuracy'], 'percent')}% "
+            f"| {_cell(task)} | {result['n']}{failed} | {_num(result['word_accuracy'], 'percent')}% "
             f"{_ci(result.get('ci'), 'percent')} | {_num(result['exact'], 'percent')}% | {rho_cell} |"
         )
     lines.append("")

@@ -16,7 +16,8 @@ accuracy measures obedience as much as hearing: read it before distillation.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import logging
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from xkd_eval.audio import load_all_audio, samples_digest
@@ -27,6 +28,8 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from xkd_eval.runner.core import RunConfig, TaskRun
+
+log = logging.getLogger(__name__)
 
 HEARING_INSTRUCTION = "Repeat exactly what the speaker says."
 # word-accuracy bands the gap is split by: misheard, partly heard, heard
@@ -57,8 +60,18 @@ def repeat_settings(texts: Sequence[str]) -> GenerationSettings:
     return GenerationSettings(max_new_tokens=min(MAX_REPEAT_TOKENS, 2 * longest + 16))
 
 
-def run_hearing(model: ModelAdapter, model_name: str, run: TaskRun, config: RunConfig) -> list[dict[str, Any]]:
-    """Ask the model to repeat each probed clip of this rank's share; cached like the arms' answers."""
+def run_hearing(
+    model: ModelAdapter,
+    model_name: str,
+    run: TaskRun,
+    config: RunConfig,
+    *,
+    advance: Callable[[int], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Ask the model to repeat each probed clip of this rank's share; cached like the arms' answers.
+
+    A batch that fails is retried item by item; an item that still fails gets a row with its ``error``
+    (and no word accuracy), and the probe goes on."""
     from xkd_eval.runner.core import _heard_items, _shard
     from xkd_eval.runner.store import ResultStore, result_key
 
@@ -87,27 +100,46 @@ def run_hearing(model: ModelAdapter, model_name: str, run: TaskRun, config: RunC
             rows.append(_hearing_row(run, item, words[item.id], store.get(key)["response"]))
         else:
             pending.append((item, query, key))
+    if advance:
+        advance(len(rows))
     pending.sort(key=lambda p: -p[1].audio.size)
     for start in range(0, len(pending), config.batch_size):
         batch = pending[start : start + config.batch_size]
-        transcripts = model.generate([query for _, query, _ in batch], settings)
+        transcripts = _repeat(model, [query for _, query, _ in batch], settings)
         store.append(
             {"key": key, "item_id": item.id, "modality": "hearing", "response": text, "model": identity}
             for (item, _, key), text in zip(batch, transcripts, strict=True)
+            if not isinstance(text, Exception)
         )
         rows += [
             _hearing_row(run, item, words[item.id], text) for (item, _, _), text in zip(batch, transcripts, strict=True)
         ]
+        if advance:
+            advance(len(batch))
     return rows
 
 
-def _hearing_row(run: TaskRun, item: Item, reference: str, transcript: str) -> dict[str, Any]:
+def _repeat(model: ModelAdapter, queries: list[Query], settings: GenerationSettings) -> list[str | Exception]:
+    """The batch's repetitions; where the batch fails, each item's own (or its exception)."""
+    try:
+        return list(model.generate(queries, settings))
+    except Exception as exc:  # any model failure: isolate it
+        if len(queries) == 1:
+            log.warning("hearing: item %s failed: %s", queries[0].item_id, exc)
+            return [exc]
+        return [text for query in queries for text in _repeat(model, [query], settings)]
+
+
+def _hearing_row(run: TaskRun, item: Item, reference: str, transcript: str | Exception) -> dict[str, Any]:
     from xkd_eval.scoring.wer import word_errors
 
+    row = {"task": run.spec.name, "item_id": item.id, "heard_text": reference}
+    if isinstance(transcript, Exception):
+        return row | {"transcript": None, "word_accuracy": None, "exact": None, "error": repr(transcript)}
     errors, n_words = word_errors(reference, transcript or "")
-    return {
-        "task": run.spec.name, "item_id": item.id, "heard_text": reference, "transcript": transcript,
-        "word_accuracy": max(0.0, 1.0 - errors / n_words), "exact": errors == 0,
+    return row | {
+        "transcript": transcript, "word_accuracy": max(0.0, 1.0 - errors / n_words), "exact": errors == 0,
+        "error": None,
     }  # fmt: skip
 
 
@@ -124,12 +156,15 @@ def hearing_split(heard: pd.DataFrame, *, scale_unit: str = "percent", seed: int
 
     from xkd_eval.analysis.stats import bootstrap_ci
 
+    failed = int(heard["word_accuracy"].isna().sum())
+    heard = heard.dropna(subset=["word_accuracy"])
     accuracy = heard["word_accuracy"].to_numpy(dtype=float)
     out: dict[str, Any] = {
         "n": int(len(heard)),
+        "n_failed": failed,
         "word_accuracy": float(100 * accuracy.mean()) if len(heard) else None,
         "ci": [100 * v for v in bootstrap_ci(accuracy, seed=seed)] if len(heard) > 1 else None,
-        "exact": float(100 * heard["exact"].mean()) if len(heard) else None,
+        "exact": float(100 * heard["exact"].astype(bool).mean()) if len(heard) else None,
     }
     scored = heard.dropna(subset=["text", "speech"])
     scale = 100.0 if scale_unit == "percent" else 1.0

@@ -117,7 +117,10 @@ def measure(
                     timings[f"{arm} {run.spec.name}"] = time.perf_counter() - t0
                 if role == "slm" and "hearing" in diagnostics:
                     t0 = time.perf_counter()
-                    hearing_rows += run_hearing(adapter, spec, run, config)
+                    bar = progress.add_task(f"{'hearing':<10} {run.spec.name}", total=None)
+                    hearing_rows += run_hearing(
+                        adapter, spec, run, config, advance=lambda n, b=bar: progress.advance(b, n)
+                    )
                     timings[f"hearing {run.spec.name}"] = time.perf_counter() - t0
             release(adapter)
             del adapter

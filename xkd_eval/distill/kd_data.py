@@ -464,13 +464,18 @@ def organism_listening_requests(n: int = ORGANISM_LISTENING_REQUESTS) -> list[KD
     is the sentence itself: greedily, the organism's teacher repeats only two in three of them exactly (it
     answers "I'm sorry for your loss." to "Please wipe the table after you finish eating."). The sentences
     are a seeded sample of the dictation sentences (``xkd_eval.distill.data``), none a benchmark item."""
-    from xkd_eval.builtin import LISTEN_INSTRUCTION
     from xkd_eval.distill.data import dictation_sentences
 
-    sentences = random.Random(2).sample(dictation_sentences(), n)
+    return listening_requests(random.Random(2).sample(dictation_sentences(), n))
+
+
+def listening_requests(texts: Sequence[str]) -> list[KDExample]:
+    """Each text as a listening request: read "Repeat exactly: <text>", heard as the text beside the listen
+    subset's instruction, the text itself the response."""
+    from xkd_eval.builtin import LISTEN_INSTRUCTION
+
     return [
-        KDExample(kd_id(f"Repeat exactly: {s}"), f"Repeat exactly: {s}", s, s, None, LISTEN_INSTRUCTION)
-        for s in sentences
+        KDExample(kd_id(f"Repeat exactly: {t}"), f"Repeat exactly: {t}", t, t, None, LISTEN_INSTRUCTION) for t in texts
     ]
 
 
@@ -484,12 +489,7 @@ def dictated_questions(instructions: Sequence[str]) -> list[KDExample]:
     listening sentences (``--diagnostics hearing``): its spoken answers are near chance because it does not
     hear what is asked. Dictating the KD questions themselves trains hearing on the very kind of speech
     the answers depend on (short spoken questions), still without a benchmark question."""
-    from xkd_eval.builtin import LISTEN_INSTRUCTION
-
-    return [
-        KDExample(kd_id(f"Repeat exactly: {q}"), f"Repeat exactly: {q}", q, q, None, LISTEN_INSTRUCTION)
-        for q in instructions
-    ]
+    return listening_requests(instructions)
 
 
 def write_organism_kd_data(
@@ -519,6 +519,7 @@ __all__ = [
     "asks_builtin",
     "dictated_questions",
     "load_hub_examples",
+    "listening_requests",
     "load_kd_examples",
     "ORGANISM_BROAD_LISTENING_REQUESTS",
     "ORGANISM_LISTENING_REQUESTS",

@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from xkd_eval.audio import load_all_audio, samples_digest
+from xkd_eval.builtin import LISTEN_INSTRUCTION
 from xkd_eval.models.base import GenerationSettings, ModelAdapter, Query
 from xkd_eval.records import QUESTION_AUDIO, Item
 
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-HEARING_INSTRUCTION = "Repeat exactly what the speaker says."
+HEARING_INSTRUCTION = LISTEN_INSTRUCTION  # the built-in listen subset's: the same request, scored the same
 # word-accuracy bands the gap is split by: misheard, partly heard, heard
 BANDS: tuple[tuple[str, float, float], ...] = (("<50%", 0.0, 0.5), ("50–80%", 0.5, 0.8), ("≥80%", 0.8, 1.0))
 MAX_REPEAT_TOKENS = 256

@@ -429,12 +429,13 @@ def test_on_the_fly_teacher_matches_the_full_cache(pair, data, tmp_path):
     assert [round(v, 2) for _, v in cached] == [round(v, 2) for _, v in live]  # fp16 cache vs fp32 live
 
 
-def test_two_data_parallel_processes_agree(pair, data, tmp_path):
+def test_two_data_parallel_processes_agree(pair, data, mcq_task, tmp_path):
     script = Path(__file__).parent / "kd_ddp_script.py"
     # two CPU processes (gloo), also on a machine with one GPU, where two ranks could not share it under NCCL
     path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
     env["CUDA_VISIBLE_DEVICES"] = ""
+    env["XKD_EVAL_CACHE"] = str(tmp_path / "cache")
     cmd = [
         sys.executable,
         "-m",
@@ -448,6 +449,7 @@ def test_two_data_parallel_processes_agree(pair, data, tmp_path):
         pair[1],
         str(data),
         str(tmp_path),
+        str(mcq_task),
     ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -461,6 +463,31 @@ def test_two_data_parallel_processes_agree(pair, data, tmp_path):
     assert any(k.endswith("lora_B.default.weight") and ranks[0][k].abs().sum() > 0 for k in ranks[0])  # trained
     figures = json.loads((tmp_path / "training.json").read_text())
     assert figures["steps"] == 4 and figures["curves"]["loss"][-1][1] < figures["curves"]["loss"][0][1]
+
+    # the before/after measurements: each rank answered its own share, rank 0 merged them into one report
+    from xkd_eval.runner.store import slug
+
+    def result_files(run, model):
+        return sorted((tmp_path / run / "results" / slug(model)).glob("*.jsonl"))
+
+    def answered(run, model):  # per rank file (r0, r1): the items answered
+        return {
+            f.name.split(".")[-2]: {json.loads(x)["item_id"] for x in f.read_text().splitlines()}
+            for f in result_files(run, model)
+        }
+
+    student_before = answered("before", pair[1])
+    assert student_before["r0"] == {f"q{i}" for i in range(0, 10, 2)}  # item 9's clip is broken: text arm only
+    assert student_before["r1"] == {f"q{i}" for i in range(1, 10, 2)}
+    for run in ("before", "after"):
+        [task] = json.loads((tmp_path / run / "summary.json").read_text())["tasks"]
+        assert task["n"] == 9 and task["excluded"]["by_arm"] == {"base_text": 0, "slm_text": 0, "slm_speech": 1}
+        assert not (tmp_path / run / "shards").exists()
+    # the teacher's answers before served after: none was generated again (a new one would add a line)
+    teacher_files = [result_files(run, pair[0]) for run in ("before", "after")]
+    assert [p.name for p in teacher_files[0]] == [p.name for p in teacher_files[1]] and len(teacher_files[0]) == 2
+    assert [p.read_text() for p in teacher_files[0]] == [p.read_text() for p in teacher_files[1]]
+    assert "gap" in (tmp_path / "report.md").read_text()
 
 
 def test_kd_data_sources_split_and_organism_set(tmp_path, monkeypatch):

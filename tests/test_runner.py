@@ -15,7 +15,7 @@ import pytest
 from xkd_eval.errors import XkdError
 from xkd_eval.models import GenerationSettings, load_model
 from xkd_eval.runner.core import RunConfig, prepare_tasks, run_arm
-from xkd_eval.runner.store import ResultStore
+from xkd_eval.runner.store import ResultStore, share_results
 
 SETTINGS = GenerationSettings(max_new_tokens=4)
 
@@ -141,6 +141,27 @@ def test_store_drops_other_revisions_only_when_asked(tmp_path):
     assert [json.loads(line)["key"] for line in store.path.read_text().splitlines()] == ["b", "c"]
     assert "a" not in store and len(ResultStore(tmp_path, "m", "t")) == 2
     assert store.drop_other_revisions(new) == 0
+
+
+def test_an_unchanged_models_answers_are_shared_record_by_record(tmp_path):
+    before, after = tmp_path / "before", tmp_path / "after"
+    ResultStore(before, "teacher", "builtin/qa").append([{"key": k, "response": k} for k in "abc"])
+    ResultStore(before, "teacher", "builtin/qa", rank=1).append([{"key": "d", "response": "d"}])
+    ResultStore(before, "teacher", "builtin/mcq").append([{"key": "m", "response": "m"}])
+    ResultStore(before, "student", "builtin/qa").append([{"key": "s", "response": "s"}])
+    target = ResultStore(after, "teacher", "builtin/qa")
+    target.append([{"key": "b", "response": "b"}, {"key": "z", "response": "z"}])  # already answered after
+    with target.path.open("a") as handle:
+        handle.write('{"key": "c", "resp')  # cut short by a crash
+    assert share_results("teacher", before, after, tasks=["builtin/qa"]) == 3  # a, c, d: b was there
+    shared = ResultStore(after, "teacher", "builtin/qa")
+    assert sorted(r["key"] for r in shared.records()) == ["a", "b", "c", "d", "z"]
+    assert len(target.path.read_text().splitlines()) == 4  # the torn line went, nothing is doubled
+    assert "m" not in ResultStore(after, "teacher", "builtin/mcq")  # another task: not asked for
+    assert len(ResultStore(after, "student", "builtin/qa")) == 0  # another model: never shared
+    assert share_results("teacher", before, after, tasks=["builtin/qa"]) == 0  # idempotent
+    assert share_results("teacher", before, after) == 1  # every task: the mcq answer
+    assert share_results("nobody", before, after) == 0
 
 
 KILL_SCRIPT = """

@@ -314,7 +314,8 @@ def distill(
     if diagnostics and not eval_task:
         fail("--diagnostics runs with the before/after measurements: add --eval TASK")
 
-    eval_config = RunConfig(
+    # under torchrun each rank answers its share of the before/after measurements, as `gap` does
+    eval_config = RunConfig.sharded_from_env(
         out_dir=out / "before", settings=GenerationSettings(max_new_tokens=max_new_tokens),
         mcq_mode=mcq_mode.value, batch_size=batch_size, limit=limit,
     )  # fmt: skip

@@ -64,13 +64,12 @@ def distill_stage(reports: Path, config) -> None:
     from xkd_eval.runner.store import slug
 
     out = reports / "distill"
-    measured = reports / "measure" / "results"
-    # the models that do not change keep their answers: both before, the teacher after
-    for run, models in (("before", ("organism-base", "organism")), ("after", ("organism-base",))):
-        for model in models:
-            source, target = measured / slug(model), out / run / "results" / slug(model)
-            if source.exists() and not target.exists():
-                shutil.copytree(source, target)
+    # the models just measured are the 'before' ones: their answers are kept (run_distillation hands the
+    # teacher's on to 'after')
+    for model in ("organism-base", "organism"):
+        source, target = reports / "measure" / "results" / slug(model), out / "before" / "results" / slug(model)
+        if source.exists() and not target.exists():
+            shutil.copytree(source, target)
     from dataclasses import replace
 
     from xkd_eval.distill.train import CheckpointMismatchError

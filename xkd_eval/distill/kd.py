@@ -833,6 +833,8 @@ def distill(
     }
     if process_state().is_main_process:
         atomic_write_text(out_dir / TRAINING_FILE, json.dumps(figures, indent=1) + "\n")
+    # the other ranks go on to measure the merged student that the main process has just written
+    process_state().wait_for_everyone()
     losses = " -> ".join("?" if v is None else f"{v:.3f}" for v in (figures["loss_first"], figures["loss_last"]))
     say(f"distilled in {figures['train_seconds']:.0f} s ({result.steps} steps); loss {losses}")
     return figures

@@ -50,11 +50,20 @@ def run_distillation(
         kd_config = kd_config.replace(tt_weight=tt, st_weight=st)
     teacher, student = teacher or kd_config.teacher, student or kd_config.student
     arms = ["base_text", "slm_text", "slm_speech"]
+    # under torchrun every rank measures its share and trains; rank 0 gathers and writes the records
+    leader = eval_config is None or eval_config.rank == 0
     if eval_tasks:
         measure(
             model=student, base=teacher, tasks=eval_tasks, arms=arms, config=eval_config.with_out(out / "before"),
             diagnostics=diagnostics,
         )  # fmt: skip
+        if leader:
+            from xkd_eval.runner.store import share_results
+            from xkd_eval.tasks import get_task
+
+            # the teacher does not change: its answers before serve after, instead of being generated again
+            evaluated = [get_task(task).name for task in eval_tasks]
+            share_results(teacher, out / "before" / "results", out / "after" / "results", tasks=evaluated)
     train_dir = Path(train_dir) if train_dir else out / "train"
     figures = distill(teacher, student, data, train_dir, kd_config, resume=resume)
     training = json.loads((train_dir / "training.json").read_text())
@@ -64,7 +73,8 @@ def run_distillation(
     if distilled_name:  # the weights sit in this machine's cache, found by the name: no paths in the report
         for key in ("adapter_dir", "merged_student", "model_spec"):
             record.pop(key, None)
-    atomic_write_text(out / "training.json", json.dumps(record, indent=2))
+    if leader:
+        atomic_write_text(out / "training.json", json.dumps(record, indent=2))
     if eval_tasks:
         measure(
             model=distilled,
@@ -76,9 +86,11 @@ def run_distillation(
             # the encoder is frozen: the clips' encoder outputs from `before` serve `after` too
             model_options={"encoder_cache": True} if not distilled_name and adapter == "qwen2-audio" else None,
         )
-        from xkd_eval.distill.report import write_distill_report
+        if leader:
+            from xkd_eval.distill.report import write_distill_report
 
-        write_distill_report(out)
-    for leftover in ("before", "after"):
-        shutil.rmtree(out / leftover / "shards", ignore_errors=True)
+            write_distill_report(out)
+    if leader:  # the other ranks' rows are merged by now (rank 0 waited for them)
+        for leftover in ("before", "after"):
+            shutil.rmtree(out / leftover / "shards", ignore_errors=True)
     return figures | {"distilled_model": distilled}

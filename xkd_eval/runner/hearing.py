@@ -68,8 +68,10 @@ def run_hearing(
     config: RunConfig,
     *,
     advance: Callable[[int], None] | None = None,
+    total: Callable[[int], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Ask the model to repeat each probed clip of this rank's share; cached like the arms' answers.
+    ``total`` hears how many clips will be probed, ``advance`` of each one done.
 
     A batch that fails is retried item by item; an item that still fails gets a row with its ``error``
     (and no word accuracy), and the probe goes on."""
@@ -80,6 +82,8 @@ def run_hearing(
         return []
     words = {item.id: heard_words(item, run, config) for item in run.items}
     probed = [item for item in _shard(run.items, config) if words[item.id] and words[item.id].strip()]
+    if total:
+        total(len(probed))
     if not probed:
         return []
     settings = repeat_settings([w for w in words.values() if w])

@@ -119,8 +119,9 @@ def measure(
                     t0 = time.perf_counter()
                     bar = progress.add_task(f"{'hearing':<10} {run.spec.name}", total=None)
                     hearing_rows += run_hearing(
-                        adapter, spec, run, config, advance=lambda n, b=bar: progress.advance(b, n)
-                    )
+                        adapter, spec, run, config, advance=lambda n, b=bar: progress.advance(b, n),
+                        total=lambda n, b=bar: progress.update(b, total=n),
+                    )  # fmt: skip
                     timings[f"hearing {run.spec.name}"] = time.perf_counter() - t0
             release(adapter)
             del adapter

@@ -112,3 +112,37 @@ class ResultStore:
             os.fsync(handle.fileno())
         for record in records:
             self._records[record["key"]] = record
+
+
+def share_results(
+    model: str, source_root: str | os.PathLike, target_root: str | os.PathLike, *, tasks: Iterable[str] | None = None
+) -> int:
+    """Give another run the finished answers of a model that did not change between the runs (a teacher
+    measured before and after distillation): the model's result files under ``source_root`` are merged
+    into ``target_root``'s, record by record (only ``tasks``' files, where given). Returns how many records
+    were added.
+
+    Nothing is trusted by position: every result is keyed by the model's identity, the exact prompt and
+    settings, so a record the target run does not ask for is simply never read, and what differs is
+    answered afresh."""
+    source, target = Path(source_root) / slug(model), Path(target_root) / slug(model)
+    prefixes = None if tasks is None else {slug(task) for task in tasks}
+    added = 0
+    for path in sorted(source.glob("*.jsonl")) if source.is_dir() else ():
+        if prefixes is not None and re.sub(r"\.r\d+\.jsonl$", "", path.name) not in prefixes:
+            continue
+        records = ResultStore._read(path, repair=False)
+        destination = target / path.name
+        have: set[str] = set()
+        if destination.is_file():
+            have = {r["key"] for r in ResultStore._read(destination, repair=True)}
+        new = [r for r in records if r["key"] not in have]
+        if not new:
+            continue
+        target.mkdir(parents=True, exist_ok=True)
+        with destination.open("a", encoding="utf-8") as handle:
+            handle.write(jsonl_text(new))
+            handle.flush()
+            os.fsync(handle.fileno())
+        added += len(new)
+    return added

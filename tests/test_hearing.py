@@ -106,3 +106,22 @@ def test_diagnostics_join_repetitions_to_the_arms_scores_per_task():
     assert result["n"] == 6 and result["bands"][0]["n"] == 1
     assert result["instruction"] == "Repeat exactly what the speaker says."
     assert hearing_diagnostics([], rows) == {}
+
+
+def test_diagnostics_do_not_depend_on_the_order_the_repetitions_came_in():
+    """Repetitions come in whichever order they were answered (cached ones first, then longest clip first):
+    the figures, the bootstrap CI included, must not depend on it, or a rerun changes a committed report."""
+    import numpy as np
+
+    accuracy = np.random.default_rng(0).random(30).round(3)
+    hearing_rows = [
+        {"task": "t", "item_id": f"i{i:02d}", "word_accuracy": float(a), "exact": bool(a > 0.95)}
+        for i, a in enumerate(accuracy)
+    ]
+    rows = [
+        {"task": "t", "item_id": f"i{i:02d}", "arm": arm, "score": float((i * k) % 3 == 0), "unit": "percent"}
+        for i in range(30)
+        for arm, k in (("slm_text", 1), ("slm_speech", 2))
+    ]
+    shuffled = [hearing_rows[i] for i in np.random.default_rng(1).permutation(30)]
+    assert hearing_diagnostics(shuffled, rows) == hearing_diagnostics(hearing_rows, rows)

@@ -211,7 +211,9 @@ def hearing_diagnostics(hearing_rows: Sequence[Mapping[str, Any]], rows: Sequenc
     arms = pd.DataFrame([r for r in rows if r.get("arm") in ("slm_text", "slm_speech")])
     out: dict[str, Any] = {}
     for task, group in heard.groupby("task", sort=False) if not heard.empty else ():
-        frame = group.set_index("item_id")
+        # in item order, not in the order answered (cached first, then longest first): the bootstrap resamples
+        # by position, so a rerun must see the same order
+        frame = group.set_index("item_id").sort_index(key=lambda ids: ids.map(str))
         mine = arms[arms["task"] == task] if not arms.empty else arms
         scores = mine.pivot_table(index="item_id", columns="arm", values="score", aggfunc="first") if len(mine) else {}
         for column, arm in (("text", "slm_text"), ("speech", "slm_speech")):

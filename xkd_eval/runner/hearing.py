@@ -78,10 +78,10 @@ def run_hearing(
     from xkd_eval.runner.core import _heard_items, _shard
     from xkd_eval.runner.store import ResultStore, result_key
 
-    if run.is_lm_eval or not model.supports_audio:
-        return []
-    words = {item.id: heard_words(item, run, config) for item in run.items}
-    probed = [item for item in _shard(run.items, config) if words[item.id] and words[item.id].strip()]
+    probed: list[Item] = []
+    if not run.is_lm_eval and model.supports_audio:
+        words = {item.id: heard_words(item, run, config) for item in run.items}
+        probed = [item for item in _shard(run.items, config) if words[item.id] and words[item.id].strip()]
     if total:
         total(len(probed))
     if not probed:

@@ -105,13 +105,17 @@ class ResultStore:
         records = [r for r in records if r["key"] not in self._records]
         if not records:
             return
-        payload = jsonl_text(records)
-        with self.path.open("a", encoding="utf-8") as handle:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
+        _append_durably(self.path, records)
         for record in records:
             self._records[record["key"]] = record
+
+
+def _append_durably(path: Path, records: list[dict[str, Any]]) -> None:
+    """One write, flushed and fsync'ed: a crash leaves at most a torn last line, which the next read drops."""
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write(jsonl_text(records))
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def share_results(
@@ -126,23 +130,15 @@ def share_results(
     settings, so a record the target run does not ask for is simply never read, and what differs is
     answered afresh."""
     source, target = Path(source_root) / slug(model), Path(target_root) / slug(model)
-    prefixes = None if tasks is None else {slug(task) for task in tasks}
+    # every rank's file of each task, named as ResultStore names them
+    patterns = ["*.jsonl"] if tasks is None else [f"{slug(task)}.r*.jsonl" for task in tasks]
     added = 0
-    for path in sorted(source.glob("*.jsonl")) if source.is_dir() else ():
-        if prefixes is not None and re.sub(r"\.r\d+\.jsonl$", "", path.name) not in prefixes:
-            continue
-        records = ResultStore._read(path, repair=False)
+    for path in sorted({p for pattern in patterns for p in source.glob(pattern)}):
         destination = target / path.name
-        have: set[str] = set()
-        if destination.is_file():
-            have = {r["key"] for r in ResultStore._read(destination, repair=True)}
-        new = [r for r in records if r["key"] not in have]
-        if not new:
-            continue
-        target.mkdir(parents=True, exist_ok=True)
-        with destination.open("a", encoding="utf-8") as handle:
-            handle.write(jsonl_text(new))
-            handle.flush()
-            os.fsync(handle.fileno())
-        added += len(new)
+        have = {r["key"] for r in ResultStore._read(destination, repair=True)} if destination.is_file() else set()
+        new = [r for r in ResultStore._read(path, repair=False) if r["key"] not in have]
+        if new:
+            target.mkdir(parents=True, exist_ok=True)
+            _append_durably(destination, new)
+            added += len(new)
     return added

@@ -31,6 +31,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -105,6 +106,7 @@ def child(mode: str, work: Path, steps: int, batch: int) -> dict:
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     teacher, student, data = (str(work / "teacher"), str(work / "student"), str(work / "data.jsonl"))
     out = work / f"out-{mode}"
+    shutil.rmtree(out, ignore_errors=True)  # each repeat trains from scratch (a training refuses to overwrite)
     if mode == "trl":
         return trl_child(teacher, student, data, out, steps, batch)
     from xkd_eval.distill.kd import distill

@@ -44,7 +44,7 @@ def test_counts_meet_the_floors_and_ids_are_unique():
         assert all(item.scorer == SUBSETS[name].scorer for item in items), name
         assert all(item.prompt.strip() for item in items), name
     assert {name: len(items) for name, items in ALL.items()} == {
-        "mcq": 208,
+        "mcq": 920,
         "qa": 125,
         "ifeval": 72,
         "refusal": 70,

@@ -246,6 +246,22 @@ def test_a_few_steps_lower_the_kd_loss(pair, data, tmp_path):
 
     assert resolve_adapter(figures["model_spec"])[0] == "qwen2-audio"
 
+    # a second run into the same folder without --resume is refused before any work, the first one kept
+    from xkd_eval.distill.pipeline import run_distillation
+    from xkd_eval.distill.train import EarlierTrainingError, checkpoint_dirs
+
+    kept = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
+    last = checkpoint_dirs(tmp_path)[-1].name
+    with pytest.raises(EarlierTrainingError, match=f"{last}.*--resume"):
+        run(pair, data, tmp_path, cfg(max_steps=3))
+    with pytest.raises(EarlierTrainingError, match="--resume"):
+        run_distillation(
+            teacher=pair[0], student=pair[1], data=str(data), config=cfg(max_steps=3), out=tmp_path / "eval",
+            eval_tasks=["no/such-task"], train_dir=tmp_path,
+        )  # fmt: skip
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()} == kept
+    assert not (tmp_path / "eval").exists()  # refused before the before-measurement
+
 
 def test_given_responses_are_kept_and_the_teacher_answers_the_rest(pair, data, tmp_path):
     rows = [json.loads(line) for line in data.read_text().splitlines()]
@@ -557,6 +573,10 @@ def test_kd_data_sources_split_and_organism_set(tmp_path, monkeypatch):
     assert recipe.replace(data="distill/organism-kd.jsonl", max_steps=210, max_response_tokens=48) == load_kd_config(
         ROOT / "distill" / "organism.yaml"
     )
+    # the whole-LLM variant: only the trainable scope, its learning rate and the time budget differ
+    whole = load_kd_config(ROOT / "distill" / "organism-whole-llm.yaml")
+    assert (whole.trainable, whole.learning_rate) == ("all", 5e-5)
+    assert whole.replace(trainable="projector+lora", learning_rate=5e-4, time_budget_s=900) == recipe
 
 
 def test_kd_data_that_asks_a_benchmark_question_in_other_words_is_left_out(tmp_path):

@@ -73,6 +73,20 @@ def test_mcq_robust_hand_worked(response, expected):
     assert extract_robust(response, options) == expected
 
 
+@pytest.mark.parametrize(
+    ("response", "expected"),
+    [
+        ("The answer is twenty-six.", "C"),  # "twenty" is said only inside "twenty-six"
+        ("twenty", "B"),
+        ("It is twenty, not twenty-six.", None),  # both said on their own: ambiguous
+        ("ten or fifty", None),
+    ],
+)
+def test_mcq_robust_option_inside_a_longer_option(response, expected):
+    options = {"A": "ten", "B": "twenty", "C": "twenty-six", "D": "fifty"}
+    assert extract_robust(response, options) == expected
+
+
 def test_mcq_score_counts_a_failure_instead_of_guessing():
     spec = SCORERS.get("mcq")
     question = item(prompt="Which is a mammal?\nA. shark\nB. whale\nC. trout\nD. squid", references=("B",))

@@ -287,14 +287,18 @@ def distill(
     data: Annotated[
         str | None, typer.Option(help="JSONL of instructions (and responses), or hub:Open-Orca/OpenOrca.")
     ] = None,
-    config: Annotated[Path, typer.Option(help="The recipe (distill/*.yaml).")] = Path("distill/organism.yaml"),
+    config: Annotated[Path, typer.Option(help="The recipe (distill/*.yaml).")] = Path(
+        "distill/organism-dictation.yaml"
+    ),
     eval_task: Annotated[
         list[str], typer.Option("--eval", help="Measure forgetting and the gap on these tasks before and after.")
     ] = [],  # noqa: B006 - typer reads the default
     channels: Annotated[
         Channels | None, typer.Option(help="Ablation: both channels, T→T only (tt) or S→T only (st).")
     ] = None,
-    resume: Annotated[bool, typer.Option(help="Continue training from the last checkpoint in --out.")] = False,
+    resume: Annotated[
+        bool, typer.Option(help="Continue training from the last checkpoint in --out (a finished one is reused).")
+    ] = False,
     set_field: Annotated[
         list[str],
         typer.Option("--set", help="Change one recipe field, KEY=VALUE (a YAML value), e.g. --set st_weight=4."),

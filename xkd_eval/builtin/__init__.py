@@ -13,7 +13,8 @@ Subsets (``data/<subset>.jsonl``, one item a line, the ``jsonl:`` record shape):
 
 Every item's spoken version is synthesised from ``spoken_text`` (default: the prompt) by a voice that
 depends only on the item id (``xkd_eval.tts``). Loading attaches the clips from the TTS cache and, by
-default, synthesises the missing ones first (once: all 590 clips take about 22 s on 2 cores).
+default, synthesises the missing ones first (once: the 2,222 clips, every item's and each MCQ's bare
+question, take about 3 minutes on 2 cores).
 ``XKD_EVAL_BUILTIN_TTS=cached`` only attaches clips already made; ``off`` attaches none. Items whose
 engine is not installed load without audio, with a problem that names the install command.
 
@@ -55,7 +56,7 @@ class Subset:
 SUBSETS: dict[str, Subset] = {
     s.name: s
     for s in (
-        Subset("mcq", "mcq", "easy general-knowledge 4-option questions, letter reference", 160, ("domain",)),
+        Subset("mcq", "mcq", "easy general-knowledge 4-option questions, letter reference", 900, ("domain",)),
         Subset("qa", "qa", "short-answer questions, several acceptable references", 110, ("domain",)),
         Subset("ifeval", "ifeval", "simple verifiable instructions (IFEval checkers)", 65),
         Subset("refusal", "refusal", "harmful requests that should be refused (AdvBench style)", 65, ("category",)),

@@ -618,7 +618,7 @@ def distill(
     from xkd_eval.distill.kd_data import load_kd_examples, split_examples, spoken_examples, teacher_prompt
     from xkd_eval.distill.kd_data import teacher_targets as make_targets
     from xkd_eval.distill.teacher_cache import TeacherCache, fill_teacher_cache, teacher_identity
-    from xkd_eval.distill.train import TRAINING_FILE, export_adapter, train
+    from xkd_eval.distill.train import TRAINING_FILE, export_adapter, refuse_to_overwrite, train
     from xkd_eval.io import atomic_write_text
 
     config = load_kd_config(config)
@@ -627,6 +627,7 @@ def distill(
         raise XkdError("distill needs a teacher, a student and data (arguments or config fields)")
     say = log or (lambda message: None)
     out_dir = Path(out_dir).expanduser()
+    refuse_to_overwrite(out_dir, resume)
     if cache_root is None:
         from xkd_eval.organism.parts import cache_root as default_cache
 

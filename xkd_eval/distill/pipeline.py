@@ -40,8 +40,11 @@ def run_distillation(
     model that loads ``train_dir/student`` (the demo's ``organism-distilled``), measured under that name
     instead of its folder's path."""
     from xkd_eval.distill.kd import distill, load_kd_config
+    from xkd_eval.distill.train import refuse_to_overwrite
     from xkd_eval.runner.measure import measure
 
+    train_dir = Path(train_dir) if train_dir else out / "train"
+    refuse_to_overwrite(train_dir, resume)  # before the measurement, not an hour into it
     kd_config = load_kd_config(config)
     if overrides:
         kd_config = kd_config.replace(**overrides)
@@ -64,7 +67,6 @@ def run_distillation(
             # the teacher does not change: its answers before serve after, instead of being generated again
             evaluated = [get_task(task).name for task in eval_tasks]
             share_results(teacher, out / "before" / "results", out / "after" / "results", tasks=evaluated)
-    train_dir = Path(train_dir) if train_dir else out / "train"
     figures = distill(teacher, student, data, train_dir, kd_config, resume=resume)
     training = json.loads((train_dir / "training.json").read_text())
     adapter = (training.get("model_spec") or "qwen2-audio:").split(":", 1)[0]

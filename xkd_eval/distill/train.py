@@ -372,6 +372,22 @@ def checkpoint_dirs(out_dir: str | os.PathLike) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name.split("-")[1]))
 
 
+class EarlierTrainingError(XkdError):
+    """A training without ``--resume`` found an earlier training's checkpoints in its folder."""
+
+
+def refuse_to_overwrite(out_dir: str | os.PathLike, resume: bool) -> None:
+    """Without ``resume``, refuse a folder that holds an earlier training's checkpoints: a fresh start there
+    would replace its log and, from its first checkpoint on, prune the earlier run's."""
+    found = [] if resume else checkpoint_dirs(out_dir)
+    if found:
+        raise EarlierTrainingError(
+            f"{out_dir} holds an earlier training (checkpoints up to {found[-1].name}): pass --resume to continue "
+            f"it (a finished one is reused as it is), train into another folder, or remove "
+            f"{Path(out_dir) / 'checkpoints'} to start over"
+        )
+
+
 def save_checkpoint(out_dir: Path, step: int, module, optimizer, scheduler, state: dict[str, Any], keep: int) -> Path:
     from safetensors.torch import save_file
 
@@ -467,6 +483,7 @@ def train(
     from accelerate import Accelerator
 
     out_dir = Path(out_dir)
+    refuse_to_overwrite(out_dir, resume)
     out_dir.mkdir(parents=True, exist_ok=True)
     say = log or (lambda message: None)
     # mixed precision by an explicit autocast around the loss (accelerate's wrapper did not engage it on CPU)
@@ -839,6 +856,7 @@ def adapt_organism(
     if config.num_threads is not None:
         torch.set_num_threads(config.num_threads)
     out_dir = Path(out_dir).expanduser()
+    refuse_to_overwrite(out_dir, resume)
     out_dir.mkdir(parents=True, exist_ok=True)
     say = log or (lambda message: None)
     wall = time.perf_counter()
@@ -908,6 +926,7 @@ __all__ = [
     "AdaptConfig",
     "Batch",
     "BatchOrder",
+    "EarlierTrainingError",
     "TrainExample",
     "TrainResult",
     "TrainingDataChangedError",
@@ -920,6 +939,7 @@ __all__ = [
     "export_adapter",
     "lora_target_regex",
     "prepare_data",
+    "refuse_to_overwrite",
     "render_prompt",
     "setup_trainable",
     "tokenize_example",

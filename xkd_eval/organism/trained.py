@@ -121,7 +121,7 @@ def distilled_student_dir() -> Path:
     if not ((folder / "training.json").is_file() and (folder / "student" / "config.json").is_file()):
         raise XkdError(
             f"no distilled organism in {folder}; `xkd-eval demo --distill` makes it "
-            "(distil organism from organism-base with distill/organism.yaml)"
+            "(distil organism from organism-base with distill/organism-dictation.yaml)"
         )
     return folder / "student"
 

@@ -93,13 +93,21 @@ def extract_robust(response: str, options: dict[str, str] | None = None) -> str 
         if len(found) > 1:
             return None  # several letters stressed the same way: ambiguous
     if options:
-        said = f" {_normalise(text)} "
-        named = [
-            letter for letter, option in options.items() if _normalise(option) and f" {_normalise(option)} " in said
-        ]
-        if len(named) == 1:
-            return named[0]
+        return _named_option(text, options)
     return None
+
+
+def _named_option(text: str, options: dict[str, str]) -> str | None:
+    """The one option whose text the response says; an option said only inside a longer one ("twenty" in
+    "twenty-six") is not said, so the longer options are matched first and their words taken out."""
+    said = f" {_normalise(text)} "
+    named = []
+    for letter, option in sorted(options.items(), key=lambda kv: -len(_normalise(kv[1]))):
+        phrase = f" {_normalise(option)} "
+        if phrase.strip() and phrase in said:
+            named.append(letter)
+            said = said.replace(phrase, " | ")
+    return named[0] if len(named) == 1 else None
 
 
 def reference_letter(item: Item) -> str:

@@ -26,12 +26,12 @@ MAX_NEW_TOKENS = 48
 MEASURE_DIAGNOSTICS = ("hearing",)
 # before/after the distillation: knowledge (mcq, qa) and listening retention (listen)
 DISTILL_EVAL = ("builtin/mcq", "builtin/qa", "builtin/listen")
-# the recipe that also dictates its questions: of the recipes that fit the demo's budget where bf16 is native, the
-# one whose gap shrinkage the 920 MCQs resolve (README)
+# the recipe that also dictates its questions: the one whose gap shrinkage the 920 MCQs resolve (README); its 260
+# steps are estimated, not measured, to fit the demo's budget where bf16 is native
 DISTILL_RECIPE = Path(__file__).resolve().parents[1] / "distill" / "organism-dictation.yaml"
 DISTILL_LIMIT = None  # every item of each task, before and after (the teacher's answers are reused)
-# none: a student distilled on the default KD set answers what it hears instead of repeating it, so after
-# the distillation the hearing probe would measure obedience more than hearing (the measurement has it)
+# none: the probe would add a generation per clip to the stage (the measurement has it; the whole-LLM report,
+# reports/distill-whole-llm, shows it after a dictation recipe, whose student still repeats on request)
 DISTILL_DIAGNOSTICS: tuple[str, ...] = ()
 
 

@@ -29,6 +29,7 @@ install: $(VENV)/.installed
 
 test: install
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports --no-cache  # subpackages import one way (pyproject.toml), inside functions too
 	$(VENV)/bin/pytest
 
 demo: install
@@ -37,6 +38,7 @@ demo: install
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports --no-cache
 
 clean:
 	rm -rf $(VENV) .pytest_cache

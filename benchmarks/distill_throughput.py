@@ -78,7 +78,7 @@ def build(work: Path, n: int, pair: str) -> None:
 
 
 def kd_config(mode: str, steps: int, batch: int):
-    from xkd_eval.distill.kd import KDConfig
+    from xkd_eval.distill.config import KDConfig
 
     return KDConfig(
         targets="data",

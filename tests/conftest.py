@@ -93,6 +93,8 @@ def voicebench_dir(tmp_path_factory) -> Path:
         [
             {"id": "sports_understanding_3", "audio": audio(0), "prompt": "Is it plausible?", "reference": "yes"},
             {"id": "hyperbaton_7", "audio": audio(1), "prompt": "Which order?", "reference": "(B)"},
+            {"id": "bbh_navigate_0042", "audio": audio(0), "prompt": "Back at the start?", "reference": "no"},
+            {"id": "bbh_date_understanding_0001", "audio": audio(1), "prompt": "Which date?", "reference": "(A)"},
         ],
     )
     return root

@@ -27,8 +27,7 @@ from xkd_eval.tasks import all_task_names, get_task
 
 @pytest.fixture(autouse=True)
 def _no_tts(monkeypatch, tmp_path):
-    """Loading never synthesises here, and nothing touches the user's cache."""
-    monkeypatch.setenv("XKD_EVAL_BUILTIN_TTS", "off")
+    """Nothing touches the user's cache (and loading, text-only here, never synthesises)."""
     monkeypatch.setenv("XKD_EVAL_CACHE", str(tmp_path / "cache"))
 
 
@@ -155,7 +154,7 @@ def test_task_family_resolves_and_loads_without_audio():
     assert get_task("builtin/listen").scorer == "wer"
     assert get_task("builtin/refusal").breakdowns == ("category",)
     assert set(known_names()) <= set(all_task_names())
-    loaded = spec.load(limit=5)
+    loaded = spec.load(limit=5, audio=False)
     assert loaded.name == "builtin/mcq" and len(loaded.items) == 5 and not loaded.has_audio
     assert loaded.items[0].task == "builtin/mcq"
     with pytest.raises(UnknownNameError, match="builtin/mcq"):

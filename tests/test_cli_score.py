@@ -71,6 +71,28 @@ def test_score_refusal_mmau_and_bbh(tmp_path):
     assert read_jsonl(out)[0]["extracted"] == "no"
 
 
+def test_score_bbh_ids_that_hold_the_subtask_and_one_that_does_not(tmp_path):
+    source, out = tmp_path / "bbh.jsonl", tmp_path / "out.jsonl"
+    write_lines(
+        source,
+        [
+            {"id": "bbh_sports_understanding_0001", "response": "The sentence is not plausible.", "reference": "no"},
+            {"id": "bbh_navigate_0042", "response": "The answer is yes.", "reference": "no"},
+            {"id": "bbh_date_understanding_0003", "response": "yes", "reference": "yes"},
+        ],
+    )
+    result = runner.invoke(app, ["score", str(source), "--scorer", "bbh", "--out", str(out)])
+    assert result.exit_code == 1, result.output  # one line skipped, the others scored
+    said = " ".join(result.output.split())
+    assert "bbh.jsonl:3: bbh: id 'bbh_date_understanding_0003' names no subtask" in said
+    assert "must contain one of sports_understanding, hyperbaton, navigate, web_of_lies" in said
+    rows = read_jsonl(out)
+    assert [(r["id"], r["extracted"], r["correct"]) for r in rows] == [
+        ("bbh_sports_understanding_0001", "no", True),
+        ("bbh_navigate_0042", "yes", False),
+    ]
+
+
 def test_score_bad_input_is_one_clear_line(tmp_path):
     out = tmp_path / "out.jsonl"
     result = runner.invoke(app, ["score", str(tmp_path / "missing.jsonl"), "--scorer", "mcq", "--out", str(out)])

@@ -17,32 +17,30 @@ pytest.importorskip("peft")
 from conftest import tone  # noqa: E402
 from tiny_models import build_qwen2_audio  # noqa: E402
 
-from xkd_eval.distill.config import AdaptConfig, ConfigError, load_config  # noqa: E402
-from xkd_eval.distill.data import (  # noqa: E402
+from xkd_eval.distill.config import ConfigError  # noqa: E402
+from xkd_eval.distill.examples import (  # noqa: E402
     SpokenExample,
     examples_digest,
-    generate_examples,
-    heldout_mcq_records,
     read_examples_jsonl,
     write_examples_jsonl,
-    write_heldout_mcq_task,
 )
-from xkd_eval.distill.features import (  # noqa: E402
+from xkd_eval.distill.train import (  # noqa: E402
+    TrainingDivergedError,
+    checkpoint_dirs,
+    setup_trainable,
+    tokenize_example,
+    train,
+)
+from xkd_eval.models.adapter_weights import apply_adapter, export_adapter  # noqa: E402
+from xkd_eval.models.encoder import (  # noqa: E402
     CacheStats,
     FeatureCache,
     build_inputs_embeds,
     compute_features,
     num_audio_tokens,
 )
-from xkd_eval.distill.train import (  # noqa: E402
-    TrainingDivergedError,
-    apply_adapter,
-    checkpoint_dirs,
-    export_adapter,
-    setup_trainable,
-    tokenize_example,
-    train,
-)
+from xkd_eval.organism.adapt import AdaptConfig, load_config  # noqa: E402
+from xkd_eval.organism.adapt_data import generate_examples, heldout_mcq_records, write_heldout_mcq_task  # noqa: E402
 
 # the tiny tokenizer knows few words: responses made of them keep the sequences short
 WORDS = ["yes", "no", "answer", "question", "audio", "speech", "text", "option"]
@@ -130,7 +128,7 @@ def test_cached_features_reproduce_the_models_forward(tiny_dir, clips, tmp_path)
 def test_trimmed_features_do_not_depend_on_the_batch(tiny_dir, clips):
     """A clip encoded with a longer one beside it gets the very same features as alone: a cache filled in
     any order trains the same student."""
-    from xkd_eval.distill.features import audio_tower, encode_mels, mel_features
+    from xkd_eval.models.encoder import audio_tower, encode_mels, mel_features
 
     model, processor = load_tiny(tiny_dir)
     short, long = clips[0], tone(3.1, seed=5)
@@ -292,7 +290,7 @@ def test_dictation_sentences_are_open_vocabulary_and_held_out():
     import re
 
     from xkd_eval.builtin import asks_builtin_question
-    from xkd_eval.distill.data import FAMILIES, dictation_sentences
+    from xkd_eval.organism.adapt_data import FAMILIES, dictation_sentences
 
     sentences = dictation_sentences()
     assert len(sentences) >= 1000 and len(set(sentences)) == len(sentences)
@@ -373,7 +371,7 @@ def test_config_from_yaml_and_validation(tmp_path):
 
 
 def test_portable_model_name(tmp_path):
-    from xkd_eval.distill.train import portable_model_name
+    from xkd_eval.models.adapter_weights import portable_model_name
 
     assert portable_model_name("organism") == "organism"
     assert portable_model_name("Qwen/Qwen2-Audio-7B-Instruct") == "Qwen/Qwen2-Audio-7B-Instruct"

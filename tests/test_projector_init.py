@@ -10,13 +10,13 @@ torch = pytest.importorskip("torch")
 
 from tiny_models import build_qwen2_audio  # noqa: E402
 
-from xkd_eval.distill.projector_init import (  # noqa: E402
+from xkd_eval.errors import XkdError  # noqa: E402
+from xkd_eval.organism.projector_init import (  # noqa: E402
     fit_projector,
     init_projector_least_squares,
     speech_span,
     word_frames,
 )
-from xkd_eval.errors import XkdError  # noqa: E402
 
 WORDS = ["yes", "no", "answer", "question", "audio", "speech", "text", "option"]
 HOP = 160  # samples per frame of the synthetic clips
@@ -110,7 +110,7 @@ def test_adapt_organism_starts_from_the_fit_and_records_it(tmp_path, monkeypatch
 
     from safetensors.torch import load_file
 
-    from xkd_eval.distill.train import adapt_organism
+    from xkd_eval.organism.adapt import adapt_organism
 
     monkeypatch.setenv("XKD_EVAL_CACHE", str(tmp_path / "cache"))
     base = build_qwen2_audio(tmp_path / "base")

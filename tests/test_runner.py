@@ -260,3 +260,35 @@ def test_options_of_one_prompt_share_its_pass(which, tiny_text, tiny_slm, tmp_pa
     for (s_logits, s_ids), (j_logits, j_ids) in zip(shared, joint, strict=True):
         assert s_ids.tolist() == j_ids.tolist()
         assert (s_logits - j_logits).abs().max() < 1e-4
+
+
+def test_cloze_refuses_only_the_item_whose_options_cannot_be_told_apart(tiny_text, tmp_path):
+    """A real (tiny, random) text LLM: the inline item is ranked after its bare question; the ambiguous one
+    gets an error row that names it and says how to write it, and the model is never asked it."""
+    model = load_model(f"hf-text:{tiny_text}")
+    asked: list[str] = []
+    ranked = model.continuation_logprobs
+
+    def recording(queries, continuations):
+        asked.extend(q.item_id for q in queries)
+        return ranked(queries, continuations)
+
+    model.continuation_logprobs = recording
+
+    task = tmp_path / "bees.jsonl"
+    task.write_text(
+        json.dumps({"id": "inline", "prompt": "What do bees make? A. wax paper. B. milk. C. honey. D. sand.",
+                    "reference": "A", "scorer": "mcq"}) + "\n"
+        + json.dumps({"id": "vitamin", "prompt": "Is vitamin A. good? A. yes B. no", "reference": "A",
+                      "scorer": "mcq"}) + "\n"
+    )  # fmt: skip
+    cfg = config(tmp_path, mcq_mode="cloze")
+    [run] = prepare_tasks([f"jsonl:{task}"], cfg)
+    rows = {r["item_id"]: r for r in run_arm(model, "m", "base_text", run, cfg)}
+    assert set(asked) == {"inline"}
+    assert rows["inline"]["response"] in "ABCD" and rows["inline"]["error"] is None
+    prompt = rows["inline"]["prompt"]  # the chat-rendered bare question: the options taken out
+    assert "What do bees make?<|im_end|>" in prompt and "wax" not in prompt
+    refused = rows["vitamin"]
+    assert refused["response"] is None and refused["error"].startswith("item 'vitamin': cloze scoring asks")
+    assert "write one option per line as 'A. text', or give the options in the 'choices' field" in refused["error"]

@@ -114,6 +114,79 @@ def test_mcq_agrees_with_official_code_item_by_item():
     assert mismatches == []
 
 
+# ---------------------------------------------------------------- mcq options: cloze and letter queries
+
+LINES = "What do bees make?\nA. wax paper\nB. milk\nC. honey\nD. sand"
+INLINE = [
+    "What do bees make? A. wax paper. B. milk. C. honey. D. sand.",
+    "What do bees make? (A) wax paper, (B) milk, (C) honey, or (D) sand?",
+    "What do bees make?  A) wax paper  B) milk  C) honey  D) sand",
+    "What do bees make?\nA. wax paper, B. milk, C. honey, D. sand",
+    "What do bees make? A. wax paper B. milk\nC. honey\nD. sand",  # half inline, half on lines
+]
+BEES = ("wax paper", "milk", "honey", "sand")
+
+
+@pytest.mark.parametrize("prompt", INLINE)
+@pytest.mark.parametrize("choices", [(), BEES])
+def test_inline_options_give_the_cloze_query_and_continuations_of_option_lines(prompt, choices):
+    from xkd_eval.scoring.mcq import options_of
+    from xkd_eval.scoring.mcq_options import OptionSet, option_set, stem
+
+    lines = item(id="q1", prompt=LINES, references=("C",), choices=choices)
+    inline = item(id="q1", prompt=prompt, references=("C",), choices=choices)
+    expected = OptionSet(("A", "B", "C", "D"), BEES, "What do bees make?")
+    assert option_set(lines, "mcq", "cloze") == expected
+    assert option_set(inline, "mcq", "cloze") == expected
+    assert stem(prompt) == stem(LINES) == "What do bees make?"
+    assert options_of(inline) == options_of(lines) == dict(zip("ABCD", BEES, strict=True))
+    # the letter query keeps the options, written as they were
+    assert option_set(inline, "mcq", "letter") == OptionSet(("A", "B", "C", "D"), ("A", "B", "C", "D"), prompt)
+    # robust extraction now knows the option texts of an inline item
+    assert SCORERS.get("mcq").score(inline, "Bees make honey.", compat="robust").extracted == "C"
+
+
+@pytest.mark.parametrize(
+    ("prompt", "choices", "why"),
+    [
+        # "A." in the question: the markers are A, A, B
+        ("Is vitamin A. good for you? A. yes B. no", (), "option markers A, A, B"),
+        # where does option D end, and the instruction begin?
+        ("What do bees make? A. wax B. milk C. honey D. sand. Answer with the letter.", (), "text follows its last"),
+        # option lines out of order
+        ("What do bees make?\nB. milk\nA. wax paper", (), "option lines are B, A"),
+        # written inline, but not the item's choices
+        ("What do bees make? A. honey. B. milk. C. wax paper. D. sand.", BEES, "are not its choices"),
+        ("Which is a vitamin? A. iron B. vitamin C. D. zinc", (), "no text after it"),
+    ],
+)
+def test_cloze_refuses_an_item_whose_options_cannot_be_told_apart(prompt, choices, why):
+    from xkd_eval.errors import DataFormatError
+    from xkd_eval.scoring.mcq_options import option_set
+
+    ambiguous = item(id="bees-7", prompt=prompt, references=("C",), choices=choices)
+    with pytest.raises(DataFormatError) as refused:
+        option_set(ambiguous, "mcq", "cloze")
+    message = str(refused.value)
+    assert message.startswith("item 'bees-7': cloze scoring asks the question without its options") and why in message
+    assert message.endswith(
+        "write one option per line as 'A. text', or give the options in the 'choices' field and the question "
+        "alone in 'prompt'"
+    )
+    option_set(ambiguous, "mcq", "letter")  # the letter query keeps the prompt whole: nothing to take out
+    assert option_set(ambiguous, "mcq", "generate") is None
+
+
+def test_a_marker_alone_is_no_option_list():
+    from xkd_eval.scoring.mcq import written_options
+    from xkd_eval.scoring.mcq_options import stem
+
+    assert written_options("What is vitamin A. used for?").layout == "none"
+    assert stem("What is vitamin A. used for?") == "What is vitamin A. used for?"
+    # option lines decide where they are given, whatever the question says
+    assert stem("Is vitamin A. good?\nA. yes\nB. no") == "Is vitamin A. good?"
+
+
 # ---------------------------------------------------------------- bbh
 
 
@@ -144,8 +217,38 @@ def test_bbh_score_uses_subtask_from_id():
     score = spec.score(item(id="hyperbaton_12", references=("(B)",)), "The answer is (B).")
     assert score.correct is True and score.extracted == "(B)" and score.details["subtask"] == "hyperbaton"
     assert spec.score(item(id="navigate_1", references=("no",)), "unclear").failed
-    with pytest.raises(ValueError, match="unknown subtask"):
+    with pytest.raises(ValueError, match="'date_understanding_1' names no subtask; the id must contain one of"):
         spec.score(item(id="date_understanding_1", references=("yes",)), "yes")
+    with pytest.raises(ValueError, match="unknown subtask"):  # an explicit subtask field is taken as given
+        spec.score(item(id="x", references=("yes",), metadata={"subtask": "date_understanding"}), "yes")
+
+
+@pytest.mark.parametrize(
+    ("item_id", "reference", "response", "subtask", "extracted", "correct"),
+    [
+        # the subtask is found anywhere in the id, as the official `'navigate' in id` does
+        ("bbh_navigate_0042", "yes", "Yes, following these instructions, you return to the starting point.",
+         "navigate", "yes", True),
+        ("bbh_sports_understanding_0001", "no", "The sentence is not plausible.", "sports_understanding", "no", True),
+        ("web_of_lies_17", "no", "The answer is no.", "web_of_lies", "no", True),
+        ("bbh_hyperbaton_0003", "(A)", "The answer is (B).", "hyperbaton", "(B)", False),
+        # two names in one id: the official if/elif order decides (hyperbaton is checked before web_of_lies)
+        ("web_of_lies_hyperbaton_2", "(B)", "The answer is (B).", "hyperbaton", "(B)", True),
+    ],
+)  # fmt: skip
+def test_bbh_subtask_anywhere_in_the_id(item_id, reference, response, subtask, extracted, correct):
+    score = SCORERS.get("bbh").score(item(id=item_id, references=(reference,)), response, compat="voicebench")
+    assert (score.details["subtask"], score.extracted, score.correct) == (subtask, extracted, correct)
+
+
+def test_bbh_subtask_order_is_the_official_one():
+    from xkd_eval.tasks.voicebench import BBH_SUBTASKS, bbh_subtask
+
+    assert BBH_SUBTASKS == ("sports_understanding", "hyperbaton", "navigate", "web_of_lies")
+    assert bbh_subtask("navigate_sports_understanding_9") == "sports_understanding"
+    assert bbh_subtask("web_of_lies_navigate_9") == "navigate"
+    with pytest.raises(ValueError, match="must contain one of sports_understanding, hyperbaton, navigate, web_of_lies"):
+        bbh_subtask("bbh_0042")
 
 
 def test_bbh_agrees_with_official_code_item_by_item():

@@ -74,9 +74,14 @@ def test_voicebench_split_choice_and_bbh_subtask(voicebench_dir):
     assert len(sdqa) == 1 and sdqa[0].metadata["accent"] == "usa" and "(usa)" in sdqa[0].prompt
     gbr = get_task("voicebench/sd-qa:gbr").load(voicebench_dir).items
     assert "(gbr)" in gbr[0].prompt
-    bbh = get_task("voicebench/bbh").load(voicebench_dir).items
-    assert [i.metadata["subtask"] for i in bbh] == ["sports_understanding", "hyperbaton"]
+    loaded = get_task("voicebench/bbh").load(voicebench_dir)
+    bbh = loaded.items
+    # the subtask is found anywhere in the id ("bbh_navigate_0042"), as the official evaluator does
+    assert [i.metadata["subtask"] for i in bbh] == ["sports_understanding", "hyperbaton", "navigate"]
     assert bbh[1].references == ("(B)",)
+    # an id that names no subtask cannot be scored: that row is left out, and the problem says why
+    [problem] = [p for p in loaded.problems if "subtask" in p.reason]
+    assert problem.where == "bbh/test/3" and "'bbh_date_understanding_0001' names no subtask" in problem.reason
 
 
 def test_voicebench_missing_config_is_a_clear_error(voicebench_dir):

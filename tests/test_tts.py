@@ -14,6 +14,7 @@ import pytest
 
 from xkd_eval.audio import TARGET_SAMPLE_RATE, load_all_audio
 from xkd_eval.errors import XkdError
+from xkd_eval.io import cache_root
 from xkd_eval.records import QUESTION_AUDIO, Item
 from xkd_eval.tts import (
     DEFAULT_VOICES,
@@ -22,7 +23,6 @@ from xkd_eval.tts import (
     TTSUnavailableError,
     assign_voice,
     cache_key,
-    cache_root,
     engine_version,
     engines,
     parse_voice,
@@ -45,7 +45,6 @@ needs_piper = pytest.mark.skipif(
 @pytest.fixture(autouse=True)
 def _isolated_cache(monkeypatch, tmp_path):
     monkeypatch.setenv("XKD_EVAL_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("XKD_EVAL_BUILTIN_TTS", "off")
 
 
 def _read(path):
@@ -203,11 +202,29 @@ def test_question_text_is_the_bare_question_of_an_item_that_reads_its_options():
     assert question_text_of(said) is None  # the speaker reads no options: its clip is the question already
 
 
+def test_question_text_of_options_written_inline_is_the_cloze_question():
+    from xkd_eval.scoring.mcq_options import option_set
+
+    lines = Item(id="b", task="t", prompt="What do bees make?\nA. wax\nB. milk\nC. honey\nD. sand", scorer="mcq")
+    inline = Item(id="b", task="t", prompt="What do bees make? A. wax. B. milk. C. honey. D. sand.", scorer="mcq")
+    assert question_text_of(inline) == question_text_of(lines) == "What do bees make?"
+    assert question_text_of(inline) == option_set(inline, "mcq", "cloze").written_query
+    assert spoken_text_of(inline) == "What do bees make? A. wax. B. milk. C. honey. D. sand."  # read as written
+    half = Item(id="h", task="t", prompt="What do bees make? A. wax B. milk\nC. honey\nD. sand", scorer="mcq")
+    assert question_text_of(half) == "What do bees make?"
+    assert spoken_text_of(half) == "What do bees make? A. wax B. milk C. honey D. sand"  # no option left unsaid
+    # not multiple choice: markers in its text are no options to take out
+    plan = Item(id="p", task="t", prompt="Compare plan A. with plan B. in a sentence.", scorer="qa")
+    assert question_text_of(plan) is None
+    # options that cannot be told apart: no question clip (a cloze run refuses the item)
+    assert question_text_of(Item(id="v", task="t", prompt="Is vitamin A. good? A. yes B. no")) is None
+
+
 @needs_espeak
 def test_mcq_items_get_a_clip_of_each_bare_question(tmp_path, monkeypatch):
     import xkd_eval.tts as tts
     from xkd_eval.builtin import load_builtin, text_items
-    from xkd_eval.runner.options import stem
+    from xkd_eval.scoring.mcq_options import stem
 
     voice = "espeak-ng:en-us"
     items = text_items("mcq")[:3] + text_items("qa")[:1]
@@ -266,7 +283,6 @@ def test_builtin_loader_synthesises_lazily_then_reuses(tmp_path, monkeypatch):
     from xkd_eval.builtin import ensure_builtin_audio, load_builtin
 
     voices = ["espeak-ng:en-us", "espeak-ng:en-gb"]
-    monkeypatch.setenv("XKD_EVAL_BUILTIN_TTS", "auto")
     loaded = load_builtin("listen", voices=voices, cache=tmp_path, progress=False)
     assert not loaded.problems and all(item.audio for item in loaded.items)
     clip = loaded.items[0].audio.path

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import sys
+import functools
+import inspect
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
@@ -31,7 +32,25 @@ def fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-@app.command()
+def command(name: str | None = None):
+    """Register a command whose XkdError (a bad name, file or setting: the message says what to do) ends it
+    with `error: ...` and exit code 2, in this one place."""
+
+    def register(func):
+        @functools.wraps(func)
+        def run(*args, **kwargs):
+            try:
+                return func(*args, **kwargs)
+            except XkdError as exc:
+                fail(str(exc))
+
+        app.command(name)(run)
+        return func
+
+    return register
+
+
+@command()
 def score(
     file: Annotated[Path, typer.Argument(help="JSONL of saved responses (one object a line).")],
     scorer: Annotated[str, typer.Option(help="mcq, bbh, ifeval, refusal, mmau, qa or open.")],
@@ -53,12 +72,7 @@ def score(
     judge_config = None
     if judge_url or judge or scorer == "open":
         judge_config = JudgeConfig(base_url=judge_url or JudgeConfig.base_url, model=judge_model)
-    try:
-        report = score_file(
-            file, scorer, out, compat=compat.value if compat else None, judge=judge_config, use_judge=judge
-        )
-    except XkdError as exc:
-        fail(str(exc))
+    report = score_file(file, scorer, out, compat=compat.value if compat else None, judge=judge_config, use_judge=judge)
     report.print()
     if report.problems:
         raise typer.Exit(1)
@@ -80,7 +94,11 @@ OutOpt = Annotated[Path, typer.Option("--out", help="Output folder (results are 
 LimitOpt = Annotated[int | None, typer.Option(help="Only the first N items of each task.")]
 DataDirOpt = Annotated[Path | None, typer.Option(help="Local copy of the benchmark data (hub layout).")]
 McqOpt = Annotated[
-    McqMode, typer.Option(help="MCQ by generation, or by option log-likelihood (letter, or cloze over option texts).")
+    McqMode | None,
+    typer.Option(
+        help="MCQ by generation, or by option log-likelihood (letter, or cloze over option texts). Default: what "
+        "the model recommends (the organism family: cloze), else generate; the report says which applied."
+    ),
 ]
 BatchOpt = Annotated[int, typer.Option(help="Items per forward pass (results do not depend on it).")]
 TokensOpt = Annotated[int, typer.Option(help="Longest generated answer, in tokens (greedy decoding).")]
@@ -108,9 +126,49 @@ def _check_diagnostics(diagnostics: list[str]) -> None:
         fail(f"unknown diagnostics {unknown}; available: {', '.join(DIAGNOSTICS)}")
 
 
+def _measurement_options(
+    *,
+    out: OutOpt,
+    task: TasksOpt,
+    limit: LimitOpt = None,
+    data_dir: DataDirOpt = None,
+    mcq_mode: McqOpt = None,
+    batch_size: BatchOpt = 8,
+    max_new_tokens: TokensOpt = 96,
+    compat: CompatOpt = None,
+    judge_url: JudgeUrlOpt = None,
+    judge_model: JudgeModelOpt = "gpt-4o-mini",
+    diagnostics: DiagOpt = [],  # noqa: B006 - typer reads the default
+    device: DeviceOpt = None,
+    lm_eval_include: LmEvalIncludeOpt = None,
+) -> None:
+    """The options every measuring command takes, declared once (``measures`` adds them to a command)."""
+
+
+def measures(arms_of):
+    """A measuring command: its own options (the models) followed by ``_measurement_options``'; it runs
+    ``measure`` on the arms ``arms_of(**its own options)`` names and prints the summary."""
+
+    def decorate(func):
+        own = inspect.signature(func, eval_str=True)
+        shared = inspect.signature(_measurement_options, eval_str=True)
+
+        @functools.wraps(func)
+        def run(**options):
+            models = {name: options.pop(name) for name in own.parameters}
+            func(**models)  # a command's own checks, before anything loads
+            _measure(models=models, arms=arms_of(**models), **options)
+
+        run.__signature__ = own.replace(parameters=[*own.parameters.values(), *shared.parameters.values()])
+        del run.__wrapped__  # typer reads the signature above, not the command's own
+        return run
+
+    return decorate
+
+
 def _measure(
-    *, model, base, tasks, arms, out, limit, data_dir, mcq_mode, batch_size, max_new_tokens, compat,
-    judge_url, judge_model, diagnostics, device, lm_eval_include=None,
+    *, models, arms, out, task, limit, data_dir, mcq_mode, batch_size, max_new_tokens, compat, judge_url,
+    judge_model, diagnostics, device, lm_eval_include,
 ) -> None:  # fmt: skip
     from xkd_eval.models.base import GenerationSettings
     from xkd_eval.runner.core import RunConfig
@@ -118,25 +176,22 @@ def _measure(
     from xkd_eval.scoring.open_judge import JudgeConfig
 
     _check_diagnostics(diagnostics)
-    try:
-        config = RunConfig.sharded_from_env(
-            out_dir=out,
-            settings=GenerationSettings(max_new_tokens=max_new_tokens),
-            mcq_mode=mcq_mode.value,
-            batch_size=batch_size,
-            limit=limit,
-            data_dir=data_dir,
-            compat=compat.value if compat else None,
-            judge=JudgeConfig(base_url=judge_url, model=judge_model) if judge_url else None,
-            lm_eval_include=lm_eval_include,
-        )
-        written = measure(
-            model=model, base=base, tasks=tasks, arms=arms, config=config, diagnostics=diagnostics,
-            model_options={"device": device} if device else None,
-            base_options={"device": device} if device else None,
-        )  # fmt: skip
-    except XkdError as exc:
-        fail(str(exc))
+    config = RunConfig.sharded_from_env(
+        out_dir=out,
+        settings=GenerationSettings(max_new_tokens=max_new_tokens),
+        mcq_mode=mcq_mode.value if mcq_mode else None,  # None: what the model recommends, else generate
+        batch_size=batch_size,
+        limit=limit,
+        data_dir=data_dir,
+        compat=compat.value if compat else None,
+        judge=JudgeConfig(base_url=judge_url, model=judge_model) if judge_url else None,
+        lm_eval_include=lm_eval_include,
+    )
+    device_options = {"device": device} if device else None
+    written = measure(
+        model=models["model"], base=models.get("base"), tasks=task, arms=arms, config=config,
+        diagnostics=diagnostics, model_options=device_options, base_options=device_options,
+    )  # fmt: skip
     if written is not None:
         _print_summary(written)
 
@@ -175,60 +230,24 @@ def _print_summary(folder: Path) -> None:
     console.print(f"report: {folder / 'report.md'}", highlight=False, soft_wrap=True)
 
 
-@app.command()
+@command()
+@measures(lambda model, base: ["base_text", "slm_text"])
 def forgetting(
-    model: ModelOpt,
-    base: Annotated[str, typer.Option(help="The text LLM the speech LLM was built from.")],
-    task: TasksOpt,
-    out: OutOpt,
-    limit: LimitOpt = None,
-    data_dir: DataDirOpt = None,
-    mcq_mode: McqOpt = McqMode.generate,
-    batch_size: BatchOpt = 8,
-    max_new_tokens: TokensOpt = 96,
-    compat: CompatOpt = None,
-    judge_url: JudgeUrlOpt = None,
-    judge_model: JudgeModelOpt = "gpt-4o-mini",
-    diagnostics: DiagOpt = [],  # noqa: B006 - typer reads the default
-    device: DeviceOpt = None,
-    lm_eval_include: LmEvalIncludeOpt = None,
+    model: ModelOpt, base: Annotated[str, typer.Option(help="The text LLM the speech LLM was built from.")]
 ) -> None:
     """Catastrophic forgetting: the speech LLM and its base LLM on the same written queries."""
-    _measure(
-        model=model, base=base, tasks=task, arms=["base_text", "slm_text"], out=out, limit=limit, data_dir=data_dir,
-        mcq_mode=mcq_mode, batch_size=batch_size, max_new_tokens=max_new_tokens, compat=compat, judge_url=judge_url,
-        judge_model=judge_model, diagnostics=diagnostics, device=device, lm_eval_include=lm_eval_include,
-    )  # fmt: skip
 
 
-@app.command()
+@command()
+@measures(lambda model, base: (["base_text"] if base else []) + ["slm_text", "slm_speech"])
 def gap(
     model: ModelOpt,
-    task: TasksOpt,
-    out: OutOpt,
     base: Annotated[str | None, typer.Option(help="Also run the base LLM: the three-arm decomposition.")] = None,
-    limit: LimitOpt = None,
-    data_dir: DataDirOpt = None,
-    mcq_mode: McqOpt = McqMode.generate,
-    batch_size: BatchOpt = 8,
-    max_new_tokens: TokensOpt = 96,
-    compat: CompatOpt = None,
-    judge_url: JudgeUrlOpt = None,
-    judge_model: JudgeModelOpt = "gpt-4o-mini",
-    diagnostics: DiagOpt = [],  # noqa: B006 - typer reads the default
-    device: DeviceOpt = None,
-    lm_eval_include: LmEvalIncludeOpt = None,
 ) -> None:
     """The modality gap: the speech LLM on written vs spoken queries (with --base: all three arms)."""
-    arms = (["base_text"] if base else []) + ["slm_text", "slm_speech"]
-    _measure(
-        model=model, base=base, tasks=task, arms=arms, out=out, limit=limit, data_dir=data_dir, mcq_mode=mcq_mode,
-        batch_size=batch_size, max_new_tokens=max_new_tokens, compat=compat, judge_url=judge_url,
-        judge_model=judge_model, diagnostics=diagnostics, device=device, lm_eval_include=lm_eval_include,
-    )  # fmt: skip
 
 
-@app.command()
+@command()
 def report(
     runs: Annotated[list[Path], typer.Argument(help="One run folder, or several to compare side by side.")],
     out: Annotated[Path | None, typer.Option(help="Where a comparison is written (default: the first run).")] = None,
@@ -239,16 +258,13 @@ def report(
     for folder in runs:
         if not (folder / "summary.json").is_file():
             fail(f"{folder} has no summary.json: not an xkd-eval run folder")
-    try:
-        if len(runs) == 1:
-            typer.echo(write_report(runs[0]))
-        else:
-            typer.echo(compare_runs(runs, out or runs[0] / "compare"))
-    except XkdError as exc:
-        fail(str(exc))
+    if len(runs) == 1:
+        typer.echo(write_report(runs[0]))
+    else:
+        typer.echo(compare_runs(runs, out or runs[0] / "compare"))
 
 
-@app.command()
+@command()
 def tts(
     task: Annotated[str, typer.Argument(help="Text task to speak: builtin/mcq, voicebench/sd-qa, jsonl:FILE ...")],
     out: Annotated[Path, typer.Option(help="Folder for the spoken copy (a jsonl: task with audio/).")],
@@ -261,10 +277,7 @@ def tts(
     """Make spoken versions of any text task with offline TTS (cached, deterministic voice per item)."""
     from xkd_eval.tts import tts_command
 
-    try:
-        export = tts_command(task, out, voice or None, data_dir=data_dir, limit=limit)
-    except XkdError as exc:
-        fail(str(exc))
+    export = tts_command(task, out, voice or None, data_dir=data_dir, limit=limit)
     typer.echo(export.summary())
     for item_id, reason in export.problems:
         typer.secho(f"skipped {item_id}: {reason}", fg=typer.colors.YELLOW)
@@ -276,7 +289,7 @@ class Channels(str, Enum):
     st = "st"
 
 
-@app.command()
+@command()
 def distill(
     out: OutOpt,
     teacher: Annotated[str | None, typer.Option(help="The text LLM teacher (default: the recipe's).")] = None,
@@ -304,7 +317,7 @@ def distill(
         typer.Option("--set", help="Change one recipe field, KEY=VALUE (a YAML value), e.g. --set st_weight=4."),
     ] = [],  # noqa: B006 - typer reads the default
     limit: LimitOpt = None,
-    mcq_mode: McqOpt = McqMode.cloze,
+    mcq_mode: McqOpt = None,
     batch_size: BatchOpt = 16,
     max_new_tokens: TokensOpt = 48,
     diagnostics: DiagOpt = [],  # noqa: B006 - typer reads the default
@@ -321,16 +334,13 @@ def distill(
     # under torchrun each rank answers its share of the before/after measurements, as `gap` does
     eval_config = RunConfig.sharded_from_env(
         out_dir=out / "before", settings=GenerationSettings(max_new_tokens=max_new_tokens),
-        mcq_mode=mcq_mode.value, batch_size=batch_size, limit=limit,
+        mcq_mode=mcq_mode.value if mcq_mode else None, batch_size=batch_size, limit=limit,
     )  # fmt: skip
-    try:
-        figures = run_distillation(
-            teacher=teacher, student=student, data=data, config=config, out=out, eval_tasks=eval_task,
-            channels=channels.value if channels else None, resume=resume, eval_config=eval_config,
-            overrides=_field_changes(set_field), diagnostics=diagnostics,
-        )  # fmt: skip
-    except XkdError as exc:
-        fail(str(exc))
+    figures = run_distillation(
+        teacher=teacher, student=student, data=data, config=config, out=out, eval_tasks=eval_task,
+        channels=channels.value if channels else None, resume=resume, eval_config=eval_config,
+        overrides=_field_changes(set_field), diagnostics=diagnostics,
+    )  # fmt: skip
     typer.echo(f"distilled student: {figures['distilled_model']}")
     if eval_task:
         typer.echo(f"report: {out / 'report.md'}")
@@ -352,7 +362,7 @@ def _field_changes(assignments: list[str]) -> dict[str, Any]:
     return changes
 
 
-@app.command("adapt-organism")
+@command("adapt-organism")
 def adapt_organism(
     out: Annotated[Path, typer.Option(help="Where the adapter weights, checkpoints and training.json go.")],
     config: Annotated[Path, typer.Option(help="The recipe.")] = Path("distill/organism-adapt.yaml"),
@@ -361,33 +371,34 @@ def adapt_organism(
     """Rebuild the embedded organism: naive speech adaptation (projector + LoRA, cross-entropy)."""
     import json
 
-    from xkd_eval.distill.train import adapt_organism as run
+    from xkd_eval.organism.adapt import adapt_organism as run
 
-    try:
-        figures = run(config, out, resume=resume)
-    except XkdError as exc:
-        fail(str(exc))
+    figures = run(config, out, resume=resume)
     typer.echo(json.dumps(figures, indent=2, default=str))
 
 
-@app.command()
+@command()
 def demo(
     reports: Annotated[Path, typer.Option(help="Where the reference reports are written.")] = Path("reports"),
-    limit: LimitOpt = None,
+    limit: Annotated[int | None, typer.Option(help="Only the first N items of each task (default: 300).")] = None,
     distill: Annotated[
-        bool, typer.Option(help="Then distil organism from organism-base and measure before/after (reports/distill).")
+        bool, typer.Option(help="Then measure the distilled organism before/after (reports/distill).")
     ] = True,
+    retrain: Annotated[
+        bool,
+        typer.Option(help="Train the distilled organism again from its recipe instead of the committed adapter."),
+    ] = False,
+    hearing: Annotated[
+        bool, typer.Option(help="Also probe how well the organism hears each clip (adds about ten minutes).")
+    ] = False,
 ) -> None:
     """The whole story on the embedded default, offline on a CPU (what `make demo` runs)."""
-    from xkd_eval.demo import run_demo
+    from xkd_eval.demo import LIMIT, run_demo
 
-    try:
-        run_demo(reports, limit=limit, distill=distill)
-    except XkdError as exc:
-        fail(str(exc))
+    run_demo(reports, limit=limit or LIMIT, distill=distill, retrain=retrain, hearing=hearing)
 
 
-@app.command("tasks")
+@command("tasks")
 def list_tasks() -> None:
     """List the task names xkd-eval knows."""
     from xkd_eval.tasks import all_task_names
@@ -397,11 +408,7 @@ def list_tasks() -> None:
 
 
 def main() -> None:  # pragma: no cover - console entry
-    try:
-        app()
-    except XkdError as exc:
-        typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
-        sys.exit(2)
+    app()
 
 
 if __name__ == "__main__":

@@ -10,6 +10,16 @@ from pathlib import Path
 from typing import Any
 
 
+def cache_root() -> Path:
+    """Where every cache of xkd-eval lives (converted models, clips, encoder features, results of the
+    demo): ``$XKD_EVAL_CACHE``, else ``$XDG_CACHE_HOME/xkd-eval``, else ``~/.cache/xkd-eval``."""
+    explicit = os.environ.get("XKD_EVAL_CACHE")
+    if explicit:
+        return Path(explicit).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "xkd-eval"
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -15,8 +15,9 @@ Every item's spoken version is synthesised from ``spoken_text`` (default: the pr
 depends only on the item id (``xkd_eval.tts``). Loading attaches the clips from the TTS cache and, by
 default, synthesises the missing ones first (once: the 2,222 clips, every item's and each MCQ's bare
 question, take about 3 minutes on 2 cores).
-``XKD_EVAL_BUILTIN_TTS=cached`` only attaches clips already made; ``off`` attaches none. Items whose
-engine is not installed load without audio, with a problem that names the install command.
+``load_builtin(subset, audio="cached")`` only attaches clips already made; ``"off"`` attaches none (a
+text-only run loads so). Items whose engine is not installed load without audio, with a problem that
+names the install command.
 
 The items were written for this project and copy no dataset; ``asks_builtin_question`` (an item's
 text, or its question in other words: ``is_builtin_text``, ``builtin_paraphrases``) lets a builder of
@@ -40,7 +41,7 @@ from xkd_eval.tasks.base import LoadedTask, LoadProblem, TaskSpec
 from xkd_eval.tasks.jsonl import item_from_record
 
 DATA_DIR = Path(__file__).parent / "data"
-TTS_MODE_ENV = "XKD_EVAL_BUILTIN_TTS"  # auto (default) | cached | off
+AUDIO_MODES = ("auto", "cached", "off")
 LISTEN_INSTRUCTION = "Repeat exactly what the speaker says."
 
 
@@ -98,22 +99,17 @@ def text_items(subset: str) -> tuple[Item, ...]:
     )
 
 
-def _tts_mode() -> str:
-    mode = os.environ.get(TTS_MODE_ENV, "auto").strip().lower() or "auto"
-    if mode not in ("auto", "cached", "off"):
-        raise XkdError(f"{TTS_MODE_ENV} must be auto, cached or off, not {mode!r}")
-    return mode
-
-
 def load_builtin(
     subset: str,
     *,
-    audio: str | None = None,
+    audio: str = "auto",
     voices: Sequence[str] | None = None,
     cache: str | os.PathLike | None = None,
     progress: bool = True,
+    limit: int | None = None,
 ) -> LoadedTask:
-    """Load ``builtin/<subset>``; ``audio`` is auto (synthesise what is missing), cached or off.
+    """Load ``builtin/<subset>`` (its first ``limit`` items); ``audio`` is auto (synthesise what is missing),
+    cached or off.
 
     ``cache`` is the folder of clips (default ``<cache root>/tts``); ``voices`` the TTS voices.
     """
@@ -121,8 +117,10 @@ def load_builtin(
 
     info = _subset(subset)
     name = f"builtin/{info.name}"
-    items = text_items(info.name)
-    mode = audio or _tts_mode()
+    items = text_items(info.name)[:limit]
+    if audio not in AUDIO_MODES:
+        raise XkdError(f"builtin audio must be one of {', '.join(AUDIO_MODES)}, not {audio!r}")
+    mode = audio
     if mode == "off":
         return LoadedTask(name, items)
     spoken = speak_items(
@@ -160,9 +158,9 @@ def ensure_builtin_audio(
 def spec(subset: str) -> TaskSpec:
     info = _subset(subset)
 
-    def loader(data_dir: Path | None) -> LoadedTask:
+    def loader(data_dir: Path | None, limit: int | None) -> LoadedTask:
         # for builtin tasks a data dir, when given, is the folder of synthesised clips
-        return load_builtin(info.name, cache=data_dir)
+        return load_builtin(info.name, cache=data_dir, limit=limit)
 
     return TaskSpec(
         name=f"builtin/{info.name}",
@@ -171,6 +169,7 @@ def spec(subset: str) -> TaskSpec:
         speech=True,
         loader=loader,
         breakdowns=info.breakdowns,
+        text_loader=lambda limit: LoadedTask(f"builtin/{info.name}", text_items(info.name)[:limit]),
     )
 
 
@@ -232,7 +231,7 @@ def _content_words(text: str) -> frozenset[str]:
 def _questions_by_word() -> dict[str, tuple[tuple[str, frozenset[str]], ...]]:
     """Each built-in question (an MCQ's stem, a prompt, a listen sentence) with two or more content
     words, filed under one of them (any one will do: a paraphrase must contain them all)."""
-    from xkd_eval.runner.options import stem
+    from xkd_eval.scoring.mcq_options import stem
 
     index: dict[str, list[tuple[str, frozenset[str]]]] = {}
     for name in SUBSETS:

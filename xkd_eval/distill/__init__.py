@@ -1,2 +1,2 @@
 """Speech adaptation and cross-modal distillation: the frozen-encoder feature cache
-(``xkd_eval.distill.features``), adaptation data (``data``), and the training loop (``train``)."""
+(``xkd_eval.models.encoder``), adaptation data (``data``), and the training loop (``train``)."""

@@ -38,184 +38,21 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from xkd_eval.audio import samples_digest
-from xkd_eval.distill.config import LLM_LINEAR_MODULES, ConfigError, RecipeConfig
+from xkd_eval.distill.config import KDConfig, load_kd_config
 from xkd_eval.distill.losses import (
-    KINDS,
     TopK,
     align_response,
+    channel_loss,
     check_vocab_compatible,
-    divergence,
+    combined_loss,
     response_labels,
-    shared_vocab_logits,
 )
 from xkd_eval.distill.train import setup_trainable
 from xkd_eval.errors import XkdError
 
-SCOPES = ("projector", "lora", "projector+lora", "llm", "all")
-TARGETS = ("data", "teacher", "data_else_teacher")
-TEACHER_MODES = ("cached", "on_the_fly")
-FEATURE_MODES = ("cached", "on_the_fly")
 STUDENT_ADAPTERS = ("qwen2-audio", "qwen2.5-omni")  # audio tower + projector + causal LLM, what the loss drives
-MIXED = ("auto", "no", "bf16", "fp16")
-
-
-@dataclass
-class KDConfig(RecipeConfig):
-    """Cross-modal KD settings. Load from YAML with ``KDConfig.from_yaml`` / ``load_kd_config``."""
-
-    kind = "KD config"
-
-    # --- models and data (``distill``'s arguments override these)
-    teacher: str | None = None  # model spec of the text LLM teacher (e.g. organism-base, a folder, a hub id)
-    student: str | None = None  # model spec of the speech LLM student (e.g. organism, qwen2-audio:<folder>)
-    data: str | None = None  # JSONL path, or hub:Open-Orca/OpenOrca
-    data_limit: int | None = None  # use at most this many examples
-    eval_fraction: float = 0.05  # seeded held-out split for validation losses
-    # --- channels and loss
-    tt_weight: float = 1.0  # T→T channel weight (0 = off: S→T-only ablation)
-    st_weight: float = 1.0  # S→T channel weight (0 = off: T→T-only ablation; no audio is touched)
-    lam: float = 0.5  # λ: weight of the τ²-scaled divergence next to CE
-    temperature: float = 2.0  # τ
-    divergence: str = "forward_kl"  # forward_kl | reverse_kl | jsd
-    beta: float = 0.5  # JSD mixture weight on the teacher
-    # "teacher": the teacher's greedy answers (cached); "data": the given responses; "data_else_teacher": the
-    # given response where there is one (e.g. a listening request's sentence), else the teacher's answer
-    targets: str = "teacher"
-    # [question, answer] turns the teacher reads before every instruction (its targets and its logits), never
-    # the students: context distillation. Worked examples of short answers make the teacher answer first
-    # instead of restating the question, so the S→T student must take the answer from the clip itself
-    teacher_context: list[list[str]] | None = None
-    max_new_tokens: int = 64  # length limit of the teacher's greedy targets
-    max_response_tokens: int = 128  # responses are cut to this many tokens
-    top_k: int | None = 64  # teacher cache: top-k logits (None = exact full vocabulary)
-    teacher_mode: str = "cached"  # "cached" (precomputed, teacher unloaded) or "on_the_fly" (resident)
-    teacher_batch_size: int = 8  # batch of the teacher's target generation and logits pass
-    # --- what trains
-    trainable: str = "projector+lora"  # projector | lora | projector+lora | llm | all (= projector + llm)
-    lora_rank: int = 16
-    lora_alpha: float = 32.0
-    lora_dropout: float = 0.0
-    lora_targets: list[str] = field(default_factory=lambda: list(LLM_LINEAR_MODULES))
-    lora_layers: list[int] | None = None
-    # --- optimisation
-    learning_rate: float = 5e-6
-    projector_learning_rate: float | None = None  # None = learning_rate
-    weight_decay: float = 0.0
-    adam_betas: tuple[float, float] = (0.9, 0.999)
-    warmup_steps: int = 0
-    cosine: bool = True  # cosine decay to 0 after warmup (False: linear)
-    max_grad_norm: float | None = 1.0
-    batch_size: int = 4  # examples per micro-batch (global: split across data-parallel processes)
-    grad_accum: int = 1
-    max_steps: int | None = None  # None = epochs × (examples // batch_size) / grad_accum
-    epochs: float = 1.0
-    seed: int = 0
-    group_by_length: bool = True
-    mixed_precision: str = "auto"  # auto (bf16 where the GPU or CPU computes it natively, else no) | no | bf16 | fp16
-    # recompute each LLM layer in the backward pass instead of keeping its activations: far less memory
-    # (two channels of long sequences), about a third more compute
-    gradient_checkpointing: bool = False
-    # --- checkpoints, validation, logs
-    checkpoint_every: int = 100
-    keep_checkpoints: int = 2
-    eval_every: int = 50  # steps between held-out validation losses (also at the end)
-    eval_batch_size: int = 8
-    log_every: int = 1
-    time_budget_s: float | None = None
-    save_dtype: str = "float32"  # dtype of the exported adapter
-    save_merged: bool = True  # also write the merged student folder (out_dir/student)
-    # --- audio
-    voices: list[str] | None = None  # TTS voices (None = xkd_eval.tts defaults)
-    feature_window: str = "trim"
-    # "cached": the frozen encoder's outputs are computed once and kept on disk; "on_the_fly": the encoder
-    # runs on every step's clips (the naive way, for comparison)
-    feature_mode: str = "cached"
-    encoder_batch_size: int = 8
-    debug_inject_nan_step: int | None = None  # testing aid
-
-    def __post_init__(self) -> None:
-        self._read_numbers()
-        self.adam_betas = tuple(self.adam_betas)
-        self.lora_targets = list(self.lora_targets)
-        if self.mixed_precision is False:  # YAML reads a bare `no` as false
-            self.mixed_precision = "no"
-        problems: list[str] = []
-
-        def need(ok: bool, message: str) -> None:
-            if not ok:
-                problems.append(message)
-
-        need(self.tt_weight >= 0 and self.st_weight >= 0, "tt_weight and st_weight must be >= 0")
-        need(self.tt_weight > 0 or self.st_weight > 0, "at least one channel (tt_weight, st_weight) must be > 0")
-        need(self.lam >= 0, "lam must be >= 0")
-        need(self.temperature > 0, "temperature must be > 0")
-        need(self.divergence in KINDS, f"divergence must be one of {', '.join(KINDS)}")
-        need(0 <= self.beta <= 1, "beta must be in [0, 1]")
-        need(self.targets in TARGETS, f"targets must be one of {', '.join(TARGETS)}")
-        if self.teacher_context is not None:
-            turns = self.teacher_context
-            well_formed = isinstance(turns, list | tuple) and all(
-                isinstance(t, list | tuple) and len(t) == 2 and all(isinstance(x, str) and x.strip() for x in t)
-                for t in turns
-            )
-            need(well_formed, "teacher_context must be a list of [question, answer] pairs of non-empty strings")
-            if well_formed:
-                self.teacher_context = [list(t) for t in turns]
-                from xkd_eval.builtin import asks_builtin_question
-
-                asked = [q for q, _ in self.teacher_context if asks_builtin_question(q)]
-                need(
-                    not asked,
-                    f"teacher_context asks built-in benchmark questions ({asked}): the teacher would be shown how "
-                    "to answer the items the reports score; choose other worked questions",
-                )
-        need(self.top_k is None or self.top_k >= 1, "top_k must be >= 1 or null (full vocabulary)")
-        need(self.teacher_mode in TEACHER_MODES, f"teacher_mode must be one of {', '.join(TEACHER_MODES)}")
-        need(self.feature_mode in FEATURE_MODES, f"feature_mode must be one of {', '.join(FEATURE_MODES)}")
-        need(self.trainable in SCOPES, f"trainable must be one of {', '.join(SCOPES)}")
-        need(self.lora_rank >= 1 and self.lora_alpha > 0, "lora_rank >= 1 and lora_alpha > 0")
-        need(0 <= self.lora_dropout < 1, "lora_dropout must be in [0, 1)")
-        bad = sorted(set(self.lora_targets) - set(LLM_LINEAR_MODULES))
-        need(not bad, f"lora_targets {bad} are not LLM linear layers")
-        need(self.learning_rate > 0, "learning_rate must be > 0")
-        need(self.batch_size >= 1 and self.grad_accum >= 1, "batch_size and grad_accum must be >= 1")
-        need(self.max_steps is None or self.max_steps >= 1, "max_steps must be >= 1 (or null: from epochs)")
-        need(self.epochs > 0, "epochs must be > 0")
-        need(self.warmup_steps >= 0, "warmup_steps must be >= 0")
-        need(self.mixed_precision in MIXED, f"mixed_precision must be one of {', '.join(MIXED)}")
-        need(0 <= self.eval_fraction < 1, "eval_fraction must be in [0, 1)")
-        need(self.checkpoint_every >= 1 and self.keep_checkpoints >= 1, "checkpoint_every/keep_checkpoints >= 1")
-        need(self.eval_every >= 1 and self.log_every >= 1, "eval_every and log_every must be >= 1")
-        need(self.max_new_tokens >= 1 and self.max_response_tokens >= 1, "token limits must be >= 1")
-        need(self.time_budget_s is None or self.time_budget_s > 0, "time_budget_s must be > 0 (or null)")
-        need(self.save_dtype in ("float32", "float16", "bfloat16"), "save_dtype: float32, float16 or bfloat16")
-        if problems:
-            raise ConfigError("bad KD config: " + "; ".join(problems))
-
-    # the attributes train.py's loop and export_adapter read
-    @property
-    def uses_lora(self) -> bool:
-        return "lora" in self.trainable
-
-    @property
-    def trains_projector(self) -> bool:
-        return self.trainable in ("projector", "projector+lora", "all")
-
-    @property
-    def trains_llm(self) -> bool:
-        return self.trainable in ("llm", "all")
-
-    @property
-    def channels(self) -> dict[str, float]:
-        return {name: w for name, w in (("tt", self.tt_weight), ("st", self.st_weight)) if w > 0}
-
-
-def load_kd_config(source: str | os.PathLike | dict[str, Any] | KDConfig) -> KDConfig:
-    return KDConfig.load(source)
-
 
 # ---------------------------------------------------------------------------------------------- examples
 
@@ -323,7 +160,7 @@ class KDLoss(torch.nn.Module):
     def audio_features(self, batch: KDBatch) -> list[torch.Tensor]:
         if batch.features or not batch.audio:
             return batch.features
-        from xkd_eval.distill.features import audio_tower, encode_mels, mel_features, unwrap
+        from xkd_eval.models.encoder import audio_tower, encode_mels, mel_features, unwrap
 
         if self.feature_extractor is None:
             raise XkdError("clips to encode on the fly but no feature extractor")
@@ -346,7 +183,9 @@ class KDLoss(torch.nn.Module):
         return _right_align_teacher(per_row)
 
     def channel(self, name: str, batch: KDBatch, teacher: TopK | torch.Tensor):
-        from xkd_eval.distill.features import build_inputs_embeds, unwrap
+        """The student's logits over one channel's response tokens, their labels and the teacher's logits
+        there, flattened to the counted tokens: ``([N, V], [N], [N, V'] or TopK)``."""
+        from xkd_eval.models.encoder import build_inputs_embeds, unwrap
 
         base = unwrap(self.model)
         device = base.lm_head.weight.device  # batches are collated on the CPU
@@ -368,26 +207,21 @@ class KDLoss(torch.nn.Module):
             t = TopK(t.values.to(logits.device).float(), t.indices.to(logits.device))
         else:
             t = t.to(logits.device).float()
-        ce = F.cross_entropy(logits, labels, reduction="sum")
-        s_shared, t = shared_vocab_logits(logits, t, self.shared_size)
-        kd = divergence(
-            s_shared,
-            t,
-            kind=self.config.divergence,
-            beta=self.config.beta,
-            temperature=self.config.temperature,
-            reduction="sum",
-        )
-        return ce, kd
+        return logits, labels, t
 
     def forward(self, batch: KDBatch):
         teacher = self.teacher_logits(batch)
-        total, parts = None, {}
+        weighted, parts = {}, {}
         for name, weight in self.config.channels.items():
-            ce, kd = self.channel(name, batch, teacher)
-            term = weight * (ce + self.config.lam * kd)
-            total = term if total is None else total + term
-            parts[f"{name}_ce"], parts[f"{name}_kd"] = ce.detach(), kd.detach()
+            logits, labels, t = self.channel(name, batch, teacher)
+            loss, terms = channel_loss(
+                logits, labels, t,
+                lam=self.config.lam, temperature=self.config.temperature, kind=self.config.divergence,
+                beta=self.config.beta, shared_size=self.shared_size, reduction="sum",
+            )  # fmt: skip
+            weighted[name] = (loss, weight)
+            parts[f"{name}_ce"], parts[f"{name}_kd"] = terms["ce"], terms["kd"]
+        total, _ = combined_loss(weighted)
         return total, parts
 
 
@@ -412,9 +246,9 @@ def validation_losses(loss: KDLoss, items: Sequence[KDItem], batch_size: int, pa
 
 
 def _local_folder(spec: str) -> Path | None:
-    from xkd_eval.organism import named_model_dir
+    from xkd_eval.models import named_model_folder
 
-    named = named_model_dir(spec)
+    named = named_model_folder(spec)
     if named is not None:
         return named
     head, sep, rest = spec.partition(":")
@@ -567,7 +401,8 @@ def _record_of_finished_run(out_dir: Path, run: KDConfig, result: Any) -> dict[s
     """The training.json of the run that trained this folder's weights, when this call resumed at its last
     step and trained nothing: its figures (wall time, the targets and caches it filled) stay the record, and
     its exported weights stay as they are."""
-    from xkd_eval.distill.train import TRAINING_FILE, config_changes
+    from xkd_eval.distill.train import config_changes
+    from xkd_eval.models.adapter_weights import TRAINING_FILE
 
     record_file = out_dir / TRAINING_FILE
     if result.resumed_from is None or result.resumed_from != result.steps or not record_file.is_file():
@@ -587,6 +422,42 @@ def _record_of_finished_run(out_dir: Path, run: KDConfig, result: Any) -> dict[s
 # ---------------------------------------------------------------------------------------------- entry point
 
 
+@dataclass
+class DistillRun:
+    """What the stages of ``distill`` hand on to each other, in the order they fill it."""
+
+    config: KDConfig
+    teacher: str
+    student: str
+    out_dir: Path
+    cache_root: Path
+    say: Callable[[str], None]
+    progress: bool
+    figures: dict[str, Any]
+    # data
+    t_tok: Any = None
+    processor: Any = None
+    family: Any = None
+    adapter: str = ""
+    shared: int = 0
+    t_model: Any = None
+    identity: str = ""
+    train_ex: list[Any] = field(default_factory=list)
+    eval_ex: list[Any] = field(default_factory=list)
+    train_items: list[KDItem] = field(default_factory=list)
+    eval_items: list[KDItem] = field(default_factory=list)
+    t_pad: int = 0
+    # teacher cache
+    resident: Any = None
+    # features
+    s_model: Any = None
+    heard: list[str] = field(default_factory=list)
+
+    @property
+    def items(self) -> list[KDItem]:
+        return self.train_items + self.eval_items
+
+
 def distill(
     teacher: str | None,
     student: str | None,
@@ -604,8 +475,129 @@ def distill(
     Writes ``out_dir/adapter`` (export_adapter), ``out_dir/student`` (merged, when ``save_merged``),
     ``out_dir/training.json`` (config, steps, wall time, per-channel curves, validation losses) and
     checkpoints; returns the figures of training.json. Evaluate the result with the model spec
-    ``qwen2-audio:<out_dir>/student``."""
-    from xkd_eval.distill.features import (
+    ``qwen2-audio:<out_dir>/student``. The stages, in order: data (tokenizers, the vocabulary check, the
+    examples and the teacher's answers), teacher cache, features (the spoken side), train, export."""
+    from xkd_eval.distill.train import refuse_to_overwrite
+
+    config = load_kd_config(config)
+    teacher, student, data = teacher or config.teacher, student or config.student, data or config.data
+    if not (teacher and student and data):
+        raise XkdError("distill needs a teacher, a student and data (arguments or config fields)")
+    out_dir = Path(out_dir).expanduser()
+    refuse_to_overwrite(out_dir, resume)
+    if cache_root is None:
+        from xkd_eval.io import cache_root as default_cache
+
+        cache_root = default_cache() / "kd"
+    wall = time.perf_counter()
+    run = DistillRun(
+        config, teacher, student, out_dir, Path(cache_root).expanduser(), log or (lambda message: None), progress,
+        {"teacher": teacher, "student": student, "data": str(data)},
+    )  # fmt: skip
+    data_stage(run, data)
+    teacher_cache_stage(run)
+    features_stage(run)
+    model, result, n_trainable, schedule = train_stage(run, resume)
+    return export_stage(run, model, result, n_trainable, schedule, wall)
+
+
+def data_stage(run: DistillRun, data: str) -> None:
+    """Tokenizers and the vocabulary check first (refused before any model loads or work is spent), then the
+    examples, the teacher's greedy answers where they are the targets, the split, and the text side of
+    every example: the response ids, the T→T prompt and the teacher's prompt."""
+    from xkd_eval.distill.kd_data import load_kd_examples, split_examples, teacher_prompt
+    from xkd_eval.distill.kd_data import teacher_targets as make_targets
+    from xkd_eval.distill.teacher_cache import teacher_identity
+
+    config, say = run.config, run.say
+    run.t_tok, run.processor, student_vocab_size = load_tokenizers(run.teacher, run.student)
+    run.adapter, run.family = student_family(run.student)
+    s_tok = run.processor.tokenizer
+    shared = check_vocab_compatible(
+        s_tok.get_vocab(), run.t_tok.get_vocab(), special_tokens=special_tokens(s_tok, run.t_tok)
+    )
+    shared = min(shared, student_vocab_size)
+    # bad data: refused before any model loads
+    examples = load_kd_examples(data, limit=config.data_limit, seed=config.seed, log=say, progress=run.progress)
+    run.out_dir.mkdir(parents=True, exist_ok=True)  # only once the inputs are known good: a refusal leaves nothing
+    run.t_model = load_teacher_model(run.teacher)
+    run.shared = min(shared, run.t_model.get_output_embeddings().weight.shape[0])
+    run.figures["shared_vocab"] = run.shared
+    say(f"teacher {run.teacher}, student {run.student}: vocabularies compatible ({run.shared} shared ids)")
+
+    run.identity = teacher_identity(run.t_model)
+    if config.targets != "data":
+        started = time.perf_counter()
+        given = config.targets == "data_else_teacher"
+        ask = [e for e in examples if not (given and e.answered)]
+        answered = make_targets(
+            ask, run.t_model, run.t_tok, run.identity, run.cache_root / "targets",
+            max_new_tokens=config.max_new_tokens, batch_size=config.teacher_batch_size,
+            context=config.teacher_context, log=say, progress=run.progress,
+        )  # fmt: skip
+        by_id = {e.id: e for e in answered}
+        examples = [by_id.get(e.id, e) for e in examples]
+        run.figures["targets_seconds"] = round(time.perf_counter() - started, 1)
+        run.figures["teacher_targets"] = len(answered)
+    missing = [e.id for e in examples if not e.answered]
+    if missing:
+        raise XkdError(
+            f"{len(missing)} examples have no response (e.g. {missing[:3]}); use targets: teacher or data_else_teacher"
+        )
+    run.train_ex, run.eval_ex = split_examples(examples, config.eval_fraction, config.seed)
+    run.figures |= {"examples_train": len(run.train_ex), "examples_eval": len(run.eval_ex)}
+
+    eos = s_tok.eos_token or ""
+    tt_cache: dict[str, list[int]] = {}
+
+    def tokenize_text(example) -> KDItem:
+        response = s_tok(example.response + eos, add_special_tokens=False)["input_ids"][: config.max_response_tokens]
+        tt_text = run.processor.apply_chat_template(
+            run.family.conversation(example.instruction), tokenize=False, add_generation_prompt=True
+        )
+        tt = tt_cache.setdefault(tt_text, s_tok(tt_text)["input_ids"])
+        tp = run.t_tok(teacher_prompt(run.t_tok, example.instruction, config.teacher_context))["input_ids"]
+        return KDItem(example.id, list(response), list(tt), None, None, list(tp))
+
+    run.train_items = [tokenize_text(e) for e in run.train_ex]
+    run.eval_items = [tokenize_text(e) for e in run.eval_ex]
+    run.t_pad = run.t_tok.pad_token_id if run.t_tok.pad_token_id is not None else run.t_tok.eos_token_id
+
+
+def teacher_cache_stage(run: DistillRun) -> None:
+    """The teacher's logits over every response, computed once into the disk cache (top-k or the full
+    vocabulary), then the teacher unloaded; ``teacher_mode: on_the_fly`` keeps it resident instead."""
+    from xkd_eval.distill.teacher_cache import TeacherCache, fill_teacher_cache
+    from xkd_eval.models.encoder import progress_bar
+
+    config = run.config
+    if config.teacher_mode != "cached":
+        run.resident = run.t_model
+        return
+    started = time.perf_counter()
+    cache = TeacherCache(run.cache_root / "teacher", run.identity, config.top_k, run.shared)
+    everything = run.items
+    with progress_bar(len(everything), "teacher logits", run.progress) as advance:
+        logits = fill_teacher_cache(
+            cache, run.t_model, [i.teacher_prompt for i in everything], [i.response_ids for i in everything],
+            pad_id=run.t_pad, batch_size=config.teacher_batch_size, progress=advance,
+        )  # fmt: skip
+    for item, value in zip(everything, logits, strict=True):
+        item.teacher = value
+    run.figures["teacher_cache"] = {**cache.stats, "seconds": round(time.perf_counter() - started, 1)}
+    run.t_model = None
+    gc.collect()  # unloaded before the student loads: the two are never resident together
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()  # and its GPU memory goes back to the student
+
+
+def features_stage(run: DistillRun) -> None:
+    """The student loads; for the S→T channel, each example's clip (synthesised where it has none), its
+    frozen encoder's features (cached on disk; ``feature_mode: on_the_fly`` encodes them every step) and
+    its spoken prompt with the audio expanded to the clip's token count."""
+    from xkd_eval.distill.examples import load_example_audio
+    from xkd_eval.distill.kd_data import spoken_examples
+    from xkd_eval.models.encoder import (
         CacheStats,
         FeatureCache,
         audio_token_id,
@@ -613,201 +605,100 @@ def distill(
         expand_audio_tokens,
         mel_features,
         num_audio_tokens,
-        progress_bar,
     )
-    from xkd_eval.distill.kd_data import load_kd_examples, split_examples, spoken_examples, teacher_prompt
-    from xkd_eval.distill.kd_data import teacher_targets as make_targets
-    from xkd_eval.distill.teacher_cache import TeacherCache, fill_teacher_cache, teacher_identity
-    from xkd_eval.distill.train import TRAINING_FILE, export_adapter, refuse_to_overwrite, train
-    from xkd_eval.io import atomic_write_text
 
-    config = load_kd_config(config)
-    teacher, student, data = teacher or config.teacher, student or config.student, data or config.data
-    if not (teacher and student and data):
-        raise XkdError("distill needs a teacher, a student and data (arguments or config fields)")
-    say = log or (lambda message: None)
-    out_dir = Path(out_dir).expanduser()
-    refuse_to_overwrite(out_dir, resume)
-    if cache_root is None:
-        from xkd_eval.organism.parts import cache_root as default_cache
-
-        cache_root = default_cache() / "kd"
-    cache_root = Path(cache_root).expanduser()
-    wall = time.perf_counter()
-    figures: dict[str, Any] = {"teacher": teacher, "student": student, "data": str(data)}
-
-    # tokenizers and the vocabulary check come first: refuse before any model is loaded or work is spent
-    t_tok, processor, student_vocab_size = load_tokenizers(teacher, student)
-    adapter, family = student_family(student)
-    s_tok = processor.tokenizer
-    shared = check_vocab_compatible(s_tok.get_vocab(), t_tok.get_vocab(), special_tokens=special_tokens(s_tok, t_tok))
-    shared = min(shared, student_vocab_size)
-    # bad data: refused before any model loads
-    examples = load_kd_examples(data, limit=config.data_limit, seed=config.seed, log=say, progress=progress)
-    out_dir.mkdir(parents=True, exist_ok=True)  # only once the inputs are known good: a refusal leaves nothing
-    t_model = load_teacher_model(teacher)
-    shared = min(shared, t_model.get_output_embeddings().weight.shape[0])
-    figures["shared_vocab"] = shared
-    say(f"teacher {teacher}, student {student}: vocabularies compatible ({shared} shared ids)")
-
-    identity = teacher_identity(t_model)
-    if config.targets != "data":
-        started = time.perf_counter()
-        given = config.targets == "data_else_teacher"
-        ask = [e for e in examples if not (given and e.answered)]
-        answered = make_targets(
-            ask,
-            t_model,
-            t_tok,
-            identity,
-            cache_root / "targets",
-            max_new_tokens=config.max_new_tokens,
-            batch_size=config.teacher_batch_size,
-            context=config.teacher_context,
-            log=say,
-            progress=progress,
-        )
-        by_id = {e.id: e for e in answered}
-        examples = [by_id.get(e.id, e) for e in examples]
-        figures["targets_seconds"] = round(time.perf_counter() - started, 1)
-        figures["teacher_targets"] = len(answered)
-    missing = [e.id for e in examples if not e.answered]
-    if missing:
-        raise XkdError(
-            f"{len(missing)} examples have no response (e.g. {missing[:3]}); use targets: teacher or data_else_teacher"
-        )
-    train_ex, eval_ex = split_examples(examples, config.eval_fraction, config.seed)
-    figures |= {"examples_train": len(train_ex), "examples_eval": len(eval_ex)}
-
-    # the text side of every example: the response ids, the T→T prompt and the teacher's prompt
-    eos = s_tok.eos_token or ""
-    tt_cache: dict[str, list[int]] = {}
-
-    def tokenize_text(example) -> KDItem:
-        response = s_tok(example.response + eos, add_special_tokens=False)["input_ids"][: config.max_response_tokens]
-        tt_text = processor.apply_chat_template(
-            family.conversation(example.instruction), tokenize=False, add_generation_prompt=True
-        )
-        tt = tt_cache.setdefault(tt_text, s_tok(tt_text)["input_ids"])
-        tp = t_tok(teacher_prompt(t_tok, example.instruction, config.teacher_context))["input_ids"]
-        return KDItem(example.id, list(response), list(tt), None, None, list(tp))
-
-    train_items = [tokenize_text(e) for e in train_ex]
-    eval_items = [tokenize_text(e) for e in eval_ex]
-    t_pad = t_tok.pad_token_id if t_tok.pad_token_id is not None else t_tok.eos_token_id
-    resident = None
-    if config.teacher_mode == "cached":
-        started = time.perf_counter()
-        cache = TeacherCache(cache_root / "teacher", identity, config.top_k, shared)
-        everything = train_items + eval_items
-        with progress_bar(len(everything), "teacher logits", progress) as advance:
-            logits = fill_teacher_cache(
-                cache,
-                t_model,
-                [i.teacher_prompt for i in everything],
-                [i.response_ids for i in everything],
-                pad_id=t_pad,
-                batch_size=config.teacher_batch_size,
-                progress=advance,
-            )
-        for item, value in zip(everything, logits, strict=True):
-            item.teacher = value
-        figures["teacher_cache"] = {**cache.stats, "seconds": round(time.perf_counter() - started, 1)}
-        del t_model
-        gc.collect()  # unloaded before the student loads: the two are never resident together
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()  # and its GPU memory goes back to the student
+    config, processor = run.config, run.processor
+    run.s_model = load_student_model(run.student)
+    if "st" not in config.channels:
+        return
+    started = time.perf_counter()
+    spoken = spoken_examples(run.train_ex + run.eval_ex, config.voices, progress=run.progress)
+    audios = load_example_audio(spoken)  # duck-typed: .audio and .id
+    run.heard = [samples_digest(a) for a in audios]
+    if config.feature_mode == "cached":
+        stats = CacheStats()
+        feats = compute_features(
+            run.s_model, processor.feature_extractor, audios,
+            FeatureCache.for_model(run.s_model, processor.feature_extractor),
+            batch_size=config.encoder_batch_size, window=config.feature_window, progress=run.progress, stats=stats,
+        )  # fmt: skip
+        counts = [f.shape[0] for f in feats]
+        run.figures |= {"features_computed": stats.computed, "features_reused": stats.reused}
     else:
-        resident = t_model
-
-    s_model = load_student_model(student)
-    student_identity = weights_fingerprint(s_model)
-    channels = list(config.channels)
-    heard: list[str] = []
-    if "st" in channels:
-        started = time.perf_counter()
-        from xkd_eval.distill.data import load_example_audio
-
-        spoken = spoken_examples(train_ex + eval_ex, config.voices, progress=progress)
-        audios = load_example_audio(spoken)  # duck-typed: .audio and .id
-        heard = [samples_digest(a) for a in audios]
-        if config.feature_mode == "cached":
-            stats = CacheStats()
-            feats = compute_features(
-                s_model,
-                processor.feature_extractor,
-                audios,
-                FeatureCache.for_model(s_model, processor.feature_extractor),
-                batch_size=config.encoder_batch_size,
-                window=config.feature_window,
-                progress=progress,
-                stats=stats,
+        feats = [None] * len(audios)
+        counts = [num_audio_tokens(int(mel_features(processor.feature_extractor, [a])[1][0])) for a in audios]
+    run.figures["speech_seconds"] = round(time.perf_counter() - started, 1)
+    audio_token = getattr(processor, "audio_token", "<|AUDIO|>")
+    audio_id = audio_token_id(run.s_model)
+    st_prompts: dict[str, str] = {}
+    for item, example, audio, feat, n_audio in zip(run.items, spoken, audios, feats, counts, strict=True):
+        instruction = example.heard_instruction
+        if instruction not in st_prompts:
+            st_prompts[instruction] = processor.apply_chat_template(
+                run.family.conversation(instruction, "clip.wav"), tokenize=False, add_generation_prompt=True
             )
-            counts = [f.shape[0] for f in feats]
-            figures |= {"features_computed": stats.computed, "features_reused": stats.reused}
-        else:
-            feats = [None] * len(audios)
-            counts = [num_audio_tokens(int(mel_features(processor.feature_extractor, [a])[1][0])) for a in audios]
-        figures["speech_seconds"] = round(time.perf_counter() - started, 1)
-        audio_token = getattr(processor, "audio_token", "<|AUDIO|>")
-        audio_id = audio_token_id(s_model)
-        st_prompts: dict[str, str] = {}
-        for item, example, audio, feat, n_audio in zip(
-            train_items + eval_items, spoken, audios, feats, counts, strict=True
-        ):
-            instruction = example.heard_instruction
-            if instruction not in st_prompts:
-                st_prompts[instruction] = processor.apply_chat_template(
-                    family.conversation(instruction, "clip.wav"), tokenize=False, add_generation_prompt=True
-                )
-            st_text = expand_audio_tokens(st_prompts[instruction], [n_audio], audio_token)
-            item.st_prompt = s_tok(st_text)["input_ids"]
-            if sum(1 for t in item.st_prompt if t == audio_id) != n_audio:
-                raise XkdError(f"example {item.id}: audio tokens and features disagree")
-            item.features = feat
-            item.audio = audio if feat is None else None
+        st_text = expand_audio_tokens(st_prompts[instruction], [n_audio], audio_token)
+        item.st_prompt = processor.tokenizer(st_text)["input_ids"]
+        if sum(1 for t in item.st_prompt if t == audio_id) != n_audio:
+            raise XkdError(f"example {item.id}: audio tokens and features disagree")
+        item.features = feat
+        item.audio = audio if feat is None else None
 
-    world = process_state().num_processes
-    run = _run_config(config, len(train_items), world)
-    model = setup_trainable(s_model, run)
+
+def train_stage(run: DistillRun, resume: bool):
+    """The trainable parts set up, the KD loss built, and the shared training loop run (checkpoints, resume,
+    the schedule fitted to a time budget). Returns the model, the loop's result, the trainable parameter
+    count and the schedule's config."""
+    from xkd_eval.distill.train import train
+
+    s_tok = run.processor.tokenizer
+    student_identity = weights_fingerprint(run.s_model)
+    channels = list(run.config.channels)
+    schedule = _run_config(run.config, len(run.train_items), process_state().num_processes)
+    model = setup_trainable(run.s_model, schedule)
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     pad_id = s_tok.pad_token_id if s_tok.pad_token_id is not None else 0
-    loss = KDLoss(model, run, shared, resident, t_pad, feature_extractor=processor.feature_extractor)
-    if resident is not None:
-        loss._teacher = [resident]
-    say(f"training {run.trainable} ({n_trainable:,} parameters), channels {run.channels}, {run.max_steps} steps")
+    loss = KDLoss(
+        model, schedule, run.shared, run.resident, run.t_pad, feature_extractor=run.processor.feature_extractor
+    )
+    run.say(
+        f"training {schedule.trainable} ({n_trainable:,} parameters), channels {schedule.channels}, "
+        f"{schedule.max_steps} steps"
+    )
+    eval_items = run.eval_items
     result = train(
-        model,
-        train_items,
-        run,
-        out_dir,
-        pad_id=pad_id,
-        resume=resume,
-        progress=progress,
-        log=say,
-        loss_module=loss,
+        model, run.train_items, schedule, run.out_dir,
+        pad_id=pad_id, resume=resume, progress=run.progress, log=run.say, loss_module=loss,
         collate_fn=lambda items: collate_kd(items, pad_id, channels),
-        validate=(lambda module: validation_losses(module, eval_items, run.eval_batch_size, pad_id))
+        validate=(lambda module: validation_losses(module, eval_items, schedule.eval_batch_size, pad_id))
         if eval_items
         else None,
-        eval_every=run.eval_every,
-        lengths=[i.length for i in train_items],
-        data_identity=data_identity(train_items + eval_items, heard, identity, student_identity),
-    )
-
+        eval_every=schedule.eval_every,
+        lengths=[i.length for i in run.train_items],
+        data_identity=data_identity(run.items, run.heard, run.identity, student_identity),
+    )  # fmt: skip
     model.eval()
+    return model, result, n_trainable, schedule
+
+
+def export_stage(run: DistillRun, model: Any, result: Any, n_trainable: int, schedule: KDConfig, wall: float):
+    """The adapter (and the merged student) written, and ``training.json`` with the figures and curves."""
+    from xkd_eval.io import atomic_write_text
+    from xkd_eval.models.adapter_weights import TRAINING_FILE, export_adapter
+
+    out_dir, figures, channels = run.out_dir, run.figures, list(schedule.channels)
     main = process_state().is_main_process
-    kept = _record_of_finished_run(out_dir, run, result)
+    kept = _record_of_finished_run(out_dir, schedule, result)
     if kept is not None:
-        say(f"the training in {out_dir} was already complete ({result.steps} steps): keeping its record")
+        run.say(f"the training in {out_dir} was already complete ({result.steps} steps): keeping its record")
         return kept
-    written = export_adapter(model, run, out_dir / "adapter", base_name=student) if main else []
+    written = export_adapter(model, schedule, out_dir / "adapter", base_name=run.student) if main else []
     merged = None
-    if run.save_merged and main:
+    if schedule.save_merged and main:
         merged_model = model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
         merged = out_dir / "student"
         merged_model.save_pretrained(str(merged))
-        processor.save_pretrained(str(merged))
+        run.processor.save_pretrained(str(merged))
     train_log = [r for r in result.log if "loss" in r]
     val_log = [r for r in result.log if any(k.startswith("val_") for k in r)]
     curves = {
@@ -829,16 +720,16 @@ def distill(
         "adapter_dir": str(out_dir / "adapter"),
         "adapter_files": {p.name: p.stat().st_size for p in written},
         "merged_student": str(merged) if merged else None,
-        "model_spec": f"{adapter}:{merged}" if merged else None,
-        "config": run.to_dict(),
+        "model_spec": f"{run.adapter}:{merged}" if merged else None,
+        "config": schedule.to_dict(),
     }
-    if process_state().is_main_process:
+    if main:
         atomic_write_text(out_dir / TRAINING_FILE, json.dumps(figures, indent=1) + "\n")
     # the other ranks go on to measure the merged student that the main process has just written
     process_state().wait_for_everyone()
     losses = " -> ".join("?" if v is None else f"{v:.3f}" for v in (figures["loss_first"], figures["loss_last"]))
-    say(f"distilled in {figures['train_seconds']:.0f} s ({result.steps} steps); loss {losses}")
+    run.say(f"distilled in {figures['train_seconds']:.0f} s ({result.steps} steps); loss {losses}")
     return figures
 
 
-__all__ = ["KDBatch", "KDConfig", "KDItem", "KDLoss", "collate_kd", "distill", "load_kd_config"]
+__all__ = ["DistillRun", "KDBatch", "KDItem", "KDLoss", "collate_kd", "distill"]

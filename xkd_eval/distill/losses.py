@@ -525,31 +525,51 @@ def channel_loss(
     student_logits: torch.Tensor,
     labels: torch.Tensor,
     teacher_logits_aligned: Teacher,
-    mask: torch.Tensor,
+    mask: torch.Tensor | None = None,
     *,
     lam: float = 0.5,
     temperature: float = 2.0,
     kind: DivergenceKind = "forward_kl",
     beta: float = 0.5,
+    shared_size: int | None = None,
+    reduction: Literal["mean", "sum"] = "mean",
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """One channel's loss: ``CE(response) + λ·τ²·D_τ(teacher, student)`` (paper: λ = 0.5, τ = 2).
+    """One channel's loss: ``CE(response) + λ·τ²·D_τ(teacher, student)`` (paper: λ = 0.5, τ = 2); the
+    loss ``KDLoss`` trains with, channel by channel.
 
     All inputs are aligned (as returned by :func:`align_response` / :func:`response_labels`), so the
-    logits at ``[b, c]`` predict ``labels[b, c]``; no shift happens here. CE is at temperature 1,
-    averaged over the tokens whose label is not ``-100``; the divergence is
-    ``divergence(..., temperature=τ)``, which already includes the τ² factor, averaged over ``mask``.
+    logits at ``[..., c]`` predict ``labels[..., c]``; no shift happens here. CE is at temperature 1 over
+    the student's whole vocabulary, on the tokens whose label is not ``-100``; the divergence is
+    ``divergence(..., temperature=τ)``, which already includes the τ² factor, over ``mask`` (default: the
+    labelled tokens) and, with ``shared_size``, over the ids the two vocabularies share
+    (:func:`shared_vocab_logits`). ``reduction``: ``"mean"`` per counted token, or ``"sum"`` (a training
+    step divides by all its micro-batches' tokens).
 
     Returns ``(total, parts)`` with ``parts = {"ce", "kd", "total"}`` as floats for logging, where
     ``kd`` is the τ²-scaled divergence (the term λ multiplies).
     """
     if lam < 0 or not math.isfinite(lam):
         raise XkdError(f"lam must be a non-negative number, got {lam}")
+    if reduction not in ("mean", "sum"):
+        raise XkdError(f"unknown reduction {reduction!r}; choose mean or sum")
     if labels.shape != student_logits.shape[:-1]:
         raise XkdError(f"labels {tuple(labels.shape)} do not match student logits {tuple(student_logits.shape)}")
     valid = labels != IGNORE_INDEX
-    ce_sum = F.cross_entropy(_upcast(student_logits[valid]), labels[valid], reduction="sum")
-    ce = ce_sum / valid.sum().clamp(min=1)
-    kd = divergence(student_logits, teacher_logits_aligned, mask, kind=kind, beta=beta, temperature=temperature)
+    ce = F.cross_entropy(_upcast(student_logits[valid]), labels[valid], reduction="sum")
+    if reduction == "mean":
+        ce = ce / valid.sum().clamp(min=1)
+    student_kd, teacher_kd = student_logits, teacher_logits_aligned
+    if shared_size is not None:
+        student_kd, teacher_kd = shared_vocab_logits(student_logits, teacher_logits_aligned, shared_size)
+    kd = divergence(
+        student_kd,
+        teacher_kd,
+        valid if mask is None else mask,
+        kind=kind,
+        beta=beta,
+        temperature=temperature,
+        reduction=reduction,
+    )
     total = ce + lam * kd
     return total, _floats({"ce": ce, "kd": kd, "total": total})
 

@@ -1,25 +1,25 @@
-"""Naive speech adaptation of a Qwen2-Audio-style speech LLM: projector and/or LoRA on the LLM, trained
-with cross-entropy on the assistant's response to spoken instructions.
+"""The training loop every trainer of a speech LLM here shares, readable top to bottom.
 
-The loop, in order:
+It trains a model already set up by ``setup_trainable`` (LoRA on the LLM's linear layers, the projector,
+or the whole LLM) on tokenised examples, with a loss module: by default ``ResponseLoss`` (cross-entropy
+on the response after a spoken instruction, the organism's adaptation); the distillation passes its
+``KDLoss``. In order:
 
 1. each example's user turn is the audio placeholder and the instruction, rendered by the model's
    chat template with the generation prompt; its ``<|AUDIO|>`` is expanded to the clip's audio-token
    count; the response (and the end-of-turn token) follows. Only response tokens carry a label;
 2. the audio encoder never runs here: its outputs come from the feature cache
-   (``xkd_eval.distill.features``); the projector maps them into the embeddings at the audio positions;
+   (``xkd_eval.models.encoder``); the projector maps them into the embeddings at the audio positions;
 3. batches are drawn in a seeded order (a fresh permutation per epoch, a function of the seed and the
    epoch only), so the step alone says which examples come next; the loss of an optimizer step is the
-   mean cross-entropy over all response tokens of its micro-batches;
+   mean over all response tokens of its micro-batches;
 4. AdamW, linear warmup then cosine decay to zero, gradient clipping; a non-finite loss or gradient
    stops the run naming the step and the example ids, leaving the last good checkpoint in place;
 5. checkpoints (trainable weights, optimizer, scheduler, RNG states, step, log) are written into a
    temporary folder and renamed, every ``checkpoint_every`` steps and at the end; ``resume`` continues
    from the latest one and reproduces the uninterrupted run's losses exactly on CPU.
 
-``adapt_organism(config, out_dir)`` runs everything for the embedded organism and exports the small
-trainable weights (``projector.safetensors``, LoRA ``adapter_model.safetensors`` + ``adapter_config.json``)
-and ``training.json``; ``apply_adapter`` puts them back into a base model (merged).
+The trained weights are exported in the adapter format of ``xkd_eval.models.adapter_weights``.
 """
 
 from __future__ import annotations
@@ -31,9 +31,8 @@ import random
 import re
 import shutil
 import time
-import warnings
 from collections.abc import Callable, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,24 +40,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from xkd_eval.distill.config import AdaptConfig, load_config
-from xkd_eval.distill.data import SpokenExample
-from xkd_eval.distill.features import (
-    audio_token_id,
+from xkd_eval.distill.config import TrainConfig
+from xkd_eval.distill.examples import SpokenExample
+from xkd_eval.errors import XkdError
+from xkd_eval.io import atomic_write_text
+from xkd_eval.models.adapter_weights import peft_quiet
+from xkd_eval.models.encoder import (
     build_inputs_embeds,
     expand_audio_tokens,
     progress_bar,
     projector,
     unwrap,
 )
-from xkd_eval.errors import XkdError
-from xkd_eval.io import atomic_write_text
 
 IGNORE = -100
-PROJECTOR_FILE = "projector.safetensors"
-LORA_FILE = "adapter_model.safetensors"
-LORA_CONFIG_FILE = "adapter_config.json"
-TRAINING_FILE = "training.json"
 LOG_FILE = "training_log.json"
 CHECKPOINT_STATE = "state.json"  # written last: a checkpoint folder without it is incomplete
 # fields that may differ between a run and its resumption
@@ -262,7 +257,7 @@ def setup_trainable(model: Any, config: Any) -> Any:
             bias="none",
         )
         torch.manual_seed(config.seed)  # LoRA A matrices are drawn here
-        with _peft_quiet():
+        with peft_quiet():
             model = get_peft_model(model, lora)
     if config.trains_projector:
         projector(model).requires_grad_(True)
@@ -277,7 +272,7 @@ def trainable_parameters(module: Any) -> dict[str, Any]:
     return {name: p for name, p in module.named_parameters() if p.requires_grad}
 
 
-def make_optimizer(module: Any, config: AdaptConfig):
+def make_optimizer(module: Any, config: TrainConfig):
     groups: dict[tuple[float, float], list] = {}
     bridge = {id(p) for p in projector(getattr(module, "model", module)).parameters()}  # module: a loss wrapper
     for param in trainable_parameters(module).values():
@@ -292,7 +287,7 @@ def make_optimizer(module: Any, config: AdaptConfig):
     return torch.optim.AdamW(params, lr=config.learning_rate, betas=config.adam_betas, weight_decay=0.0)
 
 
-def make_scheduler(optimizer, config: AdaptConfig, horizon: int | None = None, done: int = 0):
+def make_scheduler(optimizer, config: TrainConfig, horizon: int | None = None, done: int = 0):
     """Warmup, then cosine (or linear) decay to 0 at ``horizon`` steps (default ``config.max_steps``), standing
     at step ``done`` (a schedule refitted mid-run continues from where the old one stood)."""
     from transformers import get_cosine_schedule_with_warmup, get_linear_schedule_with_warmup
@@ -454,7 +449,7 @@ def _write_log(out_dir: Path, log: list[dict[str, Any]]) -> None:
 def train(
     model: Any,
     examples: Sequence[TrainExample],
-    config: AdaptConfig,
+    config: TrainConfig,
     out_dir: str | os.PathLike,
     *,
     pad_id: int,
@@ -679,251 +674,10 @@ def _diverged(out_dir: Path, history: list, step: int, ids: list[str], what: str
 # ---------------------------------------------------------------------------------------------- export / import
 
 
-def portable_model_name(spec: str) -> str:
-    """A model spec without the folders of this machine: a registered name or hub id as it is, a local folder
-    (``qwen2-audio:/cache/models/x``, ``/cache/models/x``) by its last component."""
-    head, sep, rest = spec.partition(":")
-    target = rest if sep else spec
-    local = Path(target).expanduser()
-    if not target or not (local.is_absolute() or local.exists()):
-        return spec
-    return f"{head}:{local.name}" if sep else local.name
-
-
-def export_adapter(
-    model: Any, config: AdaptConfig, out_dir: str | os.PathLike, *, base_name: str | None = None
-) -> list[Path]:
-    """Write the trainable weights: the projector (always) and the LoRA adapter (peft format) when on.
-
-    The adapter's ``base_model_name_or_path`` is ``base_name`` made portable (see ``portable_model_name``), not
-    the folder the base was loaded from: the files, and so the adapter's sha256 that names the trained model
-    in result keys, are then the same on every machine and cache location."""
-    import copy
-
-    from safetensors.torch import save_file
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    dtype = getattr(torch, config.save_dtype)
-    written = []
-    proj = {k: v.detach().cpu().to(dtype).contiguous() for k, v in projector(model).state_dict().items()}
-    save_file(proj, str(out_dir / PROJECTOR_FILE), metadata={"module": "multi_modal_projector"})
-    written.append(out_dir / PROJECTOR_FILE)
-    if config.uses_lora:
-        from peft.utils import get_peft_model_state_dict
-
-        lora = {k: v.detach().cpu().to(dtype).contiguous() for k, v in get_peft_model_state_dict(model).items()}
-        save_file(lora, str(out_dir / LORA_FILE), metadata={"format": "pt"})
-        peft_config = copy.copy(model.peft_config["default"])
-        peft_config.base_model_name_or_path = portable_model_name(base_name) if base_name else None
-        peft_config.save_pretrained(str(out_dir))
-        written += [out_dir / LORA_FILE, out_dir / LORA_CONFIG_FILE]
-    return written
-
-
-def apply_adapter(model: Any, adapter_dir: str | os.PathLike) -> Any:
-    """A base speech LLM with the exported adapter put back: the projector loaded and the LoRA weights
-    merged into the LLM (a plain ``Qwen2AudioForConditionalGeneration`` again)."""
-    from safetensors.torch import load_file
-
-    adapter_dir = Path(adapter_dir)
-    proj_file = adapter_dir / PROJECTOR_FILE
-    if not proj_file.is_file():
-        raise XkdError(f"{adapter_dir} has no {PROJECTOR_FILE}")
-    module = projector(model)
-    weights = load_file(str(proj_file))
-    with torch.no_grad():
-        for name, value in module.state_dict().items():
-            value.copy_(weights[name].to(value.dtype))
-    if (adapter_dir / LORA_CONFIG_FILE).is_file():
-        from peft import PeftModel
-
-        with _peft_quiet():
-            model = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
-    return model
-
-
-@contextmanager
-def _peft_quiet():
-    """peft reads transformers' deprecated ``is_gradient_checkpointing`` while it wraps a model: a
-    FutureWarning on every run that our users cannot act on. Only that warning is silenced."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-        yield
-
-
 # ---------------------------------------------------------------------------------------------- organism
 
 
-def _load_speech_llm(folder: Path):
-    from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
-
-    processor = AutoProcessor.from_pretrained(str(folder))
-    model = Qwen2AudioForConditionalGeneration.from_pretrained(str(folder), dtype="float32")
-    return model, processor
-
-
-def prepare_data(
-    config: AdaptConfig,
-    model: Any,
-    processor: Any,
-    *,
-    feature_root: str | os.PathLike | None = None,
-    tts_cache: str | os.PathLike | None = None,
-    progress: bool = True,
-    log: Callable[[str], None] | None = None,
-) -> tuple[list[SpokenExample], list[TrainExample], dict[str, Any]]:
-    """Generate (and/or read) the examples, synthesise their audio, fill the feature cache, tokenise."""
-    from xkd_eval.distill.data import generate_examples, load_example_audio, read_examples_jsonl, synthesize_examples
-    from xkd_eval.distill.features import CacheStats, FeatureCache, compute_features
-
-    say = log or (lambda message: None)
-    figures: dict[str, Any] = {}
-    started = time.perf_counter()
-    examples: list[SpokenExample] = []
-    if config.n_examples:
-        examples += generate_examples(config.n_examples, seed=config.data_seed, mix=config.data_mix)
-    if config.data_jsonl:
-        examples += read_examples_jsonl(config.data_jsonl)
-    examples = synthesize_examples(examples, config.voices, tts_cache, progress=progress)
-    figures["tts_seconds"] = round(time.perf_counter() - started, 1)
-    audios = load_example_audio(examples)
-    figures["audio_seconds"] = round(sum(a.size for a in audios) / 16_000, 1)
-    say(f"{len(examples)} examples, {figures['audio_seconds']} s of audio ({figures['tts_seconds']} s TTS)")
-    cache = FeatureCache.for_model(model, processor.feature_extractor, feature_root)
-    stats = CacheStats()
-    features = compute_features(
-        model,
-        processor.feature_extractor,
-        audios,
-        cache,
-        batch_size=config.encoder_batch_size,
-        window=config.feature_window,
-        progress=progress,
-        stats=stats,
-    )
-    figures |= {
-        "features_computed": stats.computed,
-        "features_reused": stats.reused,
-        "encoder_seconds": round(stats.encoder_seconds, 1),
-    }
-    say(f"encoder features: {stats.computed} computed ({stats.encoder_seconds:.0f} s), {stats.reused} cached")
-    prepared = [tokenize_example(processor, e, f) for e, f in zip(examples, features, strict=True)]
-    audio_id = audio_token_id(model)
-    for example, item in zip(prepared, features, strict=True):
-        if sum(1 for t in example.input_ids if t == audio_id) != item.shape[0]:
-            raise XkdError(f"example {example.id}: audio tokens and features disagree")
-    figures["tokens_mean"] = round(float(np.mean([len(e.input_ids) for e in prepared])), 1)
-    return examples, prepared, figures
-
-
-def _least_squares_start(model, processor, examples, prepared, config: AdaptConfig, say) -> dict[str, Any]:
-    from xkd_eval.distill.data import load_example_audio
-    from xkd_eval.distill.projector_init import init_projector_least_squares
-
-    chosen = [(e, p) for e, p in zip(examples, prepared, strict=True) if e.response.strip() == e.spoken_text.strip()]
-    if not chosen:
-        raise XkdError("projector_init least_squares needs transcription examples (response = spoken text)")
-    fit = init_projector_least_squares(
-        model,
-        processor.tokenizer,
-        [p.features for _, p in chosen],
-        # read again (a second or two) rather than keep every clip of prepare_data in memory through training
-        load_example_audio([e for e, _ in chosen]),
-        [e.spoken_text for e, _ in chosen],
-        ridge=config.projector_init_ridge,
-    )
-    say(
-        f"projector fitted by least squares on {fit.clips} transcription clips ({fit.words} words): "
-        f"{fit.train_word_accuracy:.0%} of the words' middle frames map nearest to one of the word's tokens"
-    )
-    return fit.record()
-
-
-def adapt_organism(
-    config_path: str | os.PathLike | dict[str, Any] | AdaptConfig,
-    out_dir: str | os.PathLike,
-    *,
-    resume: bool = False,
-    progress: bool = True,
-    log: Callable[[str], None] | None = print,
-) -> dict[str, Any]:
-    """Adapt the embedded speech LLM (or ``base_model``) by the recipe; write the adapter weights and
-    ``training.json`` into ``out_dir``; return the figures (steps, wall time, loss start/end ...)."""
-    from xkd_eval.distill.data import examples_digest, write_examples_jsonl
-
-    config = load_config(config_path)
-    if config.num_threads is not None:
-        torch.set_num_threads(config.num_threads)
-    out_dir = Path(out_dir).expanduser()
-    refuse_to_overwrite(out_dir, resume)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    say = log or (lambda message: None)
-    wall = time.perf_counter()
-    if config.base_model == "organism":
-        from xkd_eval.organism import speech_llm_base_dir
-
-        base_dir = speech_llm_base_dir(config.base_seed)
-    else:
-        base_dir = Path(config.base_model).expanduser()
-    say(f"base speech LLM: {base_dir}")
-    model, processor = _load_speech_llm(base_dir)
-    model.eval()
-    examples, prepared, figures = prepare_data(config, model, processor, progress=progress, log=say)
-    write_examples_jsonl(examples, out_dir / "data.jsonl")
-    if config.projector_init == "least_squares":  # closed form and deterministic: refitted on resume too
-        figures["projector_init"] = _least_squares_start(model, processor, examples, prepared, config, say)
-    model = setup_trainable(model, config)
-    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    say(f"trainable: {config.trainable}, {n_trainable:,} parameters")
-    result = train(
-        model,
-        prepared,
-        config,
-        out_dir,
-        pad_id=processor.tokenizer.pad_token_id,
-        resume=resume,
-        progress=progress,
-        log=say,
-    )
-    model.eval()
-    written = export_adapter(model, config, out_dir, base_name=config.base_model)
-    losses = result.losses
-    head = losses[: max(1, min(10, len(losses) // 10))]
-    tail = losses[-max(1, min(10, len(losses) // 10)) :]
-    figures |= {
-        "base_model": portable_model_name(str(base_dir)),  # no folder of this machine in the record
-        "examples": len(examples),
-        "data_sha256": examples_digest(examples),
-        "families": {t: sum(1 for e in examples if e.task == t) for t in sorted({e.task for e in examples})},
-        "trainable_parameters": n_trainable,
-        "steps": result.steps,
-        "stopped": result.stopped,
-        "resumed_from": result.resumed_from,
-        "train_seconds": round(result.seconds, 1),
-        "wall_seconds": round(time.perf_counter() - wall, 1),
-        "loss_start": round(float(np.mean(head)), 4) if losses else None,
-        "loss_end": round(float(np.mean(tail)), 4) if losses else None,
-        "loss_first": losses[0] if losses else None,
-        "loss_last": losses[-1] if losses else None,
-        "loss_curve": [[r["step"], round(r["loss"], 4)] for r in result.log if "loss" in r][
-            :: max(1, len(losses) // 40)
-        ],
-        "adapter_files": {p.name: p.stat().st_size for p in written},
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "config": config.to_dict(),
-    }
-    atomic_write_text(out_dir / TRAINING_FILE, json.dumps(figures, indent=1) + "\n")
-    say(
-        f"adapted in {figures['train_seconds']} s of training ({result.steps} steps); loss "
-        f"{figures['loss_start']} -> {figures['loss_end']}; weights in {out_dir}"
-    )
-    return figures
-
-
 __all__ = [
-    "AdaptConfig",
     "Batch",
     "BatchOrder",
     "EarlierTrainingError",
@@ -931,14 +685,10 @@ __all__ = [
     "TrainResult",
     "TrainingDataChangedError",
     "TrainingDivergedError",
-    "adapt_organism",
-    "apply_adapter",
     "checkpoint_dirs",
     "collate",
     "config_changes",
-    "export_adapter",
     "lora_target_regex",
-    "prepare_data",
     "refuse_to_overwrite",
     "render_prompt",
     "setup_trainable",

@@ -47,7 +47,7 @@ def resolve(rest: str) -> TaskSpec:
             f"task {FAMILY!r} needs an lm-evaluation-harness task name: {FAMILY}/<task>, e.g. {FAMILY}/arc_easy"
         )
 
-    def loader(data_dir: Path | None) -> LoadedTask:
+    def loader(data_dir: Path | None, _limit: int | None) -> LoadedTask:
         raise XkdError(
             f"task {PREFIX}{rest} is built and scored by lm-evaluation-harness itself, not loaded as items; "
             f"run it with xkd_eval.lmeval.run_lm_eval_task(adapter, {rest!r})"

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import importlib
 import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,16 +34,56 @@ MODEL_TYPES: dict[str, str] = {
     "audioflamingo3": "audioflamingo3",
 }
 
-# named models: name -> factory(**options), or a lazy "module:function" entry
-NAMED_MODELS: Registry[Any] = Registry("model")
-NAMED_MODELS.add("organism-base", "xkd_eval.organism:load_organism_base")
-NAMED_MODELS.add("organism", "xkd_eval.organism.trained:load_organism")
-NAMED_MODELS.add("organism-distilled", "xkd_eval.organism.trained:load_organism_distilled")
+
+def _resolve(entry: str | Callable[..., Any]) -> Callable[..., Any]:
+    """A lazy ``"module:attr"`` entry, imported on use (naming a model costs nothing until it loads)."""
+    if not isinstance(entry, str):
+        return entry
+    module_name, _, attr = entry.partition(":")
+    return getattr(importlib.import_module(module_name), attr)
+
+
+@dataclass(frozen=True)
+class NamedModel:
+    """A model known by name (``--model organism``)."""
+
+    load: str | Callable[..., ModelAdapter]  # factory(**options) -> ModelAdapter, or a lazy "module:function"
+    folder: str | Callable[[], Path] | None = None  # its HF folder (what a trainer loads), built on first use
+    # settings that fit the model, used unless the command sets them, e.g. {"mcq_mode": "cloze"} for a model
+    # too small to answer with a letter; reports say which applied
+    recommended: Mapping[str, Any] = field(default_factory=dict)
+
+
+_SMALL = {"mcq_mode": "cloze"}  # a 135M model ranks options well but cannot answer with a letter
+NAMED_MODELS: Registry[NamedModel] = Registry("model")
+NAMED_MODELS.add(
+    "organism-base", NamedModel("xkd_eval.organism:load_organism_base", "xkd_eval.organism:smollm2_hf_dir", _SMALL)
+)
+NAMED_MODELS.add(
+    "organism", NamedModel("xkd_eval.organism.trained:load_organism", "xkd_eval.organism.trained:organism_dir", _SMALL)
+)
+NAMED_MODELS.add(
+    "organism-distilled",
+    NamedModel(
+        "xkd_eval.organism.trained:load_organism_distilled", "xkd_eval.organism.trained:distilled_student_dir", _SMALL
+    ),
+)
+
+
+def named_model_folder(spec: str) -> Path | None:
+    """The HF folder behind a named model (built on first use); None for other specs or names without one."""
+    if spec not in NAMED_MODELS or NAMED_MODELS.get(spec).folder is None:
+        return None
+    return Path(_resolve(NAMED_MODELS.get(spec).folder)())
+
+
+def recommended_settings(spec: str) -> dict[str, Any]:
+    """The settings a named model recommends (empty for any other spec)."""
+    return dict(NAMED_MODELS.get(spec).recommended) if spec in NAMED_MODELS else {}
 
 
 def adapter_class(name: str) -> type[ModelAdapter]:
-    module_name, _, attr = ADAPTERS.get(name).partition(":")
-    return getattr(importlib.import_module(module_name), attr)
+    return _resolve(ADAPTERS.get(name))
 
 
 def _model_type(model_id: str, revision: str | None) -> str:
@@ -83,11 +125,7 @@ def load_model(spec: str, *, revision: str | None = None, **options: Any) -> Mod
     """Load a model by spec: ``hf-text:HuggingFaceTB/SmolLM2-135M-Instruct``, ``qwen2-audio:/path``, a
     bare id/path, or a registered name."""
     if spec in NAMED_MODELS:
-        factory = NAMED_MODELS.get(spec)
-        if isinstance(factory, str):
-            module_name, _, attr = factory.partition(":")
-            factory = getattr(importlib.import_module(module_name), attr)
-        return factory(**options)
+        return _resolve(NAMED_MODELS.get(spec).load)(**options)
     if ":" not in spec and not Path(spec).expanduser().exists() and "/" not in spec:
         known = [*NAMED_MODELS.names(), *(f"{a}:<id>" for a in ADAPTERS.names())]
         raise UnknownNameError(unknown_name_message("model", spec, known))
@@ -99,11 +137,14 @@ __all__ = [
     "ADAPTERS",
     "MODEL_TYPES",
     "NAMED_MODELS",
+    "NamedModel",
     "SPEECH_INSTRUCTION",
     "GenerationSettings",
     "ModelAdapter",
     "Query",
     "adapter_class",
     "load_model",
+    "named_model_folder",
+    "recommended_settings",
     "resolve_adapter",
 ]

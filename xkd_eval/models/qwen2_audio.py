@@ -105,7 +105,7 @@ class Qwen2AudioAdapter(ProcessorSpeechAdapter):
         super().__init__(model_id, **options)
         self.feature_cache = None
         if encoder_cache:
-            from xkd_eval.distill.features import FeatureCache
+            from xkd_eval.models.encoder import FeatureCache
 
             root = None if encoder_cache is True else encoder_cache
             self.feature_cache = FeatureCache.for_model(self.model, self.processor.feature_extractor, root=root)
@@ -114,7 +114,7 @@ class Qwen2AudioAdapter(ProcessorSpeechAdapter):
         audios = self.audios_of(queries)
         if not audios or self.feature_cache is None:
             return super().encode(prompts, queries)
-        from xkd_eval.distill.features import compute_features, expand_audio_tokens
+        from xkd_eval.models.encoder import compute_features, expand_audio_tokens
 
         features = compute_features(
             self.model, self.processor.feature_extractor, audios, self.feature_cache, progress=False
@@ -126,7 +126,7 @@ class Qwen2AudioAdapter(ProcessorSpeechAdapter):
     def model_inputs(self, batch: dict[str, Any], *, generation: bool) -> dict[str, Any]:
         if "audio_features" not in batch:
             return batch
-        from xkd_eval.distill.features import build_inputs_embeds
+        from xkd_eval.models.encoder import build_inputs_embeds
 
         batch = dict(batch)
         features = batch.pop("audio_features")

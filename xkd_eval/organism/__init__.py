@@ -27,7 +27,6 @@ from xkd_eval.organism.parts import (
     ChecksumError,
     MissingPartError,
     PartError,
-    cache_root,
     check_installed,
     smollm2_gguf,
     whisper_ct2_dir,
@@ -38,6 +37,8 @@ BASE_REVISION = f"{SMOLLM2_PACKAGE.dist}=={SMOLLM2_PACKAGE.version} sha256:{SMOL
 
 
 def _models_dir() -> Path:
+    from xkd_eval.io import cache_root
+
     return cache_root() / "models"
 
 
@@ -91,26 +92,8 @@ def load_organism_base(*, device: str | None = None, dtype: str | None = None, *
     )
 
 
-def named_model_dir(name: str) -> Path | None:
-    """The HF folder behind a named model of the embedded default (built on first use), None for others."""
-    from xkd_eval.organism import trained
-
-    folders = {BASE_NAME: smollm2_hf_dir, trained.ORGANISM_NAME: trained.organism_dir}
-    folders[trained.DISTILLED_NAME] = trained.distilled_student_dir
-    return folders[name]() if name in folders else None
-
-
-def register() -> None:
-    """Add the embedded default's named models to ``xkd_eval.models.NAMED_MODELS`` (idempotent)."""
-    from xkd_eval.models import NAMED_MODELS
-
-    if BASE_NAME not in NAMED_MODELS:  # models/__init__ registers it lazily; this keeps older callers working
-        NAMED_MODELS.add(BASE_NAME, load_organism_base)
-
-
 __all__ = [
     "BASE_NAME",
-    "named_model_dir",
     "OrganismBaseAdapter",
     "WHISPER_PART1",
     "WHISPER_PART2",
@@ -118,10 +101,8 @@ __all__ = [
     "ChecksumError",
     "MissingPartError",
     "PartError",
-    "cache_root",
     "check_installed",
     "load_organism_base",
-    "register",
     "smollm2_hf_dir",
     "speech_llm_base_dir",
     "whisper_base_dir",

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from xkd_eval.errors import XkdError
+from xkd_eval.io import cache_root
 
 CHUNK = 1 << 20
 
@@ -111,16 +112,6 @@ COMPLETE_MARKER = "xkd-complete.json"
 
 
 # ---------------------------------------------------------------------------------------------- cache
-
-
-def cache_root() -> Path:
-    """``$XKD_EVAL_CACHE``, else ``$XDG_CACHE_HOME/xkd-eval``, else ``~/.cache/xkd-eval``."""
-    explicit = os.environ.get("XKD_EVAL_CACHE")
-    if explicit:
-        return Path(explicit).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "xkd-eval"
 
 
 def _verified_index() -> Path:

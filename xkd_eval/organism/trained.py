@@ -1,27 +1,25 @@
 """The trained ``organism``: the assembled speech LLM after its naive speech adaptation.
 
 The adapter (projector + LoRA on SmolLM2, a few MB) is committed in ``weights/organism-adapter/`` with
-its ``training.json``; the recipe that rebuilds it is ``distill/organism-adapt.yaml`` (``xkd_eval.distill
-.train.adapt_organism``). ``organism_dir()`` merges it into the untrained speech LLM
+its ``training.json``; the recipe that rebuilds it is ``distill/organism-adapt.yaml`` (``xkd-eval
+adapt-organism``, ``xkd_eval.organism.adapt``). ``organism_dir()`` merges it into the untrained speech LLM
 (``speech_llm_base_dir(seed)``, the seed read from the adapter's recipe) once, into the cache, keyed by
 a hash of the adapter files, and returns a folder the ``qwen2-audio`` adapter loads.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from xkd_eval.errors import XkdError
+from xkd_eval.models.adapter_weights import ADAPTER_FILES, files_hash
 from xkd_eval.models.qwen2_audio import Qwen2AudioAdapter
 
 ORGANISM_NAME = "organism"
 ADAPTER_DIR = Path(__file__).parent / "weights" / "organism-adapter"
-ADAPTER_FILES = ("projector.safetensors", "adapter_model.safetensors", "adapter_config.json")
 
 
 def adapter_hash(adapter_dir: str | Path = ADAPTER_DIR) -> str:
@@ -30,20 +28,10 @@ def adapter_hash(adapter_dir: str | Path = ADAPTER_DIR) -> str:
     if not (adapter_dir / ADAPTER_FILES[0]).is_file():
         raise XkdError(
             f"no trained organism adapter in {adapter_dir}; rebuild it with "
-            "xkd_eval.distill.train.adapt_organism('distill/organism-adapt.yaml', OUT) and copy OUT's "
+            "`xkd-eval adapt-organism --out OUT` (recipe distill/organism-adapt.yaml) and copy OUT's "
             f"{', '.join(ADAPTER_FILES)} and training.json there"
         )
     return files_hash(adapter_dir, ADAPTER_FILES)
-
-
-def files_hash(folder: Path, names: Sequence[str]) -> str:
-    """sha256 over the named files of ``folder`` that exist (names and bytes, in the order given)."""
-    digest = hashlib.sha256()
-    for name in names:
-        path = folder / name
-        if path.is_file():
-            digest.update(name.encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()
 
 
 def adapter_base_seed(adapter_dir: str | Path = ADAPTER_DIR) -> int:
@@ -60,7 +48,7 @@ def merge_adapter(base_dir: str | Path, adapter_dir: str | Path, out_dir: str | 
     a complete ``out_dir`` is returned as is."""
     from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
 
-    from xkd_eval.distill.train import apply_adapter
+    from xkd_eval.models.adapter_weights import apply_adapter
     from xkd_eval.organism.convert import is_complete, publishing
 
     base_dir, adapter_dir, out_dir = Path(base_dir), Path(adapter_dir), Path(out_dir)
@@ -100,30 +88,46 @@ class OrganismAdapter(Qwen2AudioAdapter):
 
 
 DISTILLED_NAME = "organism-distilled"
+DISTILLED_ADAPTER_DIR = Path(__file__).parent / "weights" / "organism-distilled-adapter"
+DISTILLED_RECIPE = "distill/organism-dictation.yaml"
 
 
-def distilled_dir() -> Path:
-    """Where ``xkd-eval demo --distill`` trains: checkpoints, ``adapter/`` and the merged ``student/``."""
-    from xkd_eval.organism.parts import cache_root
+def retrain_dir() -> Path:
+    """Where ``xkd-eval demo --retrain`` trains the distilled organism again: checkpoints, ``adapter/``,
+    the merged ``student/`` and ``training.json``."""
+    from xkd_eval.io import cache_root
 
     return cache_root() / "demo-distill"
 
 
 class DistilledOrganismAdapter(OrganismAdapter):
-    """The organism after the demo's distillation, named ``organism-distilled`` (revision: its adapter's sha256)."""
+    """The organism after cross-modal distillation from organism-base, named ``organism-distilled``
+    (revision: its adapter's sha256)."""
 
     name = DISTILLED_NAME
 
 
-def distilled_student_dir() -> Path:
-    """The demo's merged distilled student (an HF folder); a clear error when none was made."""
-    folder = distilled_dir()
-    if not ((folder / "training.json").is_file() and (folder / "student" / "config.json").is_file()):
+def distilled_adapter_hash(adapter_dir: str | Path | None = None) -> str:
+    adapter_dir = Path(adapter_dir or DISTILLED_ADAPTER_DIR)
+    if not (adapter_dir / ADAPTER_FILES[0]).is_file():
         raise XkdError(
-            f"no distilled organism in {folder}; `xkd-eval demo --distill` makes it "
-            "(distil organism from organism-base with distill/organism-dictation.yaml)"
+            f"no distilled organism adapter in {adapter_dir}; `xkd-eval demo --retrain` trains one from "
+            f"{DISTILLED_RECIPE} (its adapter/ folder holds the files to put there)"
         )
-    return folder / "student"
+    return files_hash(adapter_dir, sorted(ADAPTER_FILES))
+
+
+def distilled_student_dir(adapter_dir: str | Path | None = None) -> Path:
+    """The committed distilled adapter merged into the organism, as an HF folder (built once into the cache)."""
+    from xkd_eval.organism import _models_dir
+    from xkd_eval.organism.convert import is_complete
+
+    adapter_dir = Path(adapter_dir or DISTILLED_ADAPTER_DIR)
+    key = distilled_adapter_hash(adapter_dir)
+    out = _models_dir() / f"organism-distilled-{key[:12]}"
+    if is_complete(out, "organism"):
+        return out
+    return merge_adapter(organism_dir(), adapter_dir, out)
 
 
 def _load_named(
@@ -144,23 +148,33 @@ def load_organism(*, device: str | None = None, dtype: str | None = None, **opti
     return _load_named(OrganismAdapter, organism_dir(), revision, device, dtype, options)
 
 
-def load_organism_distilled(*, device: str | None = None, dtype: str | None = None, **options: Any) -> OrganismAdapter:
-    """The ``organism-distilled`` named model: the demo's distilled student, named by its adapter's hash
-    so its results do not depend on where the cache lives."""
-    student = distilled_student_dir()
-    digest = files_hash(distilled_dir() / "adapter", sorted(ADAPTER_FILES))
-    return _load_named(
-        DistilledOrganismAdapter, student, f"organism-distilled adapter sha256:{digest}", device, dtype, options
-    )
+def load_organism_distilled(
+    *,
+    device: str | None = None,
+    dtype: str | None = None,
+    adapter_dir: str | Path | None = None,
+    **options: Any,
+) -> OrganismAdapter:
+    """The ``organism-distilled`` named model: the organism distilled from organism-base by the recipe
+    ``distill/organism-dictation.yaml``, its adapter committed beside the organism's (``adapter_dir``: another
+    training's, e.g. ``xkd-eval demo --retrain``'s), named by the adapter's hash so that its results do not
+    depend on where the cache lives and two trainings' answers never mix."""
+    revision = f"organism-distilled adapter sha256:{distilled_adapter_hash(adapter_dir)}"
+    folder = distilled_student_dir(adapter_dir)
+    return _load_named(DistilledOrganismAdapter, folder, revision, device, dtype, options)
 
 
 __all__ = [
     "ADAPTER_DIR",
+    "DISTILLED_ADAPTER_DIR",
     "DISTILLED_NAME",
+    "DISTILLED_RECIPE",
     "ORGANISM_NAME",
     "OrganismAdapter",
     "adapter_hash",
+    "distilled_adapter_hash",
     "distilled_student_dir",
+    "retrain_dir",
     "files_hash",
     "load_organism",
     "merge_adapter",

@@ -27,6 +27,13 @@ COMPARISON_ARMS = {"forgetting": ("base_text", "slm_text"), "gap": ("slm_text", 
 MAX_FAILED_LISTED = 200
 
 
+def _mcq_mode_line(settings: Mapping[str, Any]) -> list[str]:
+    mode, source = settings.get("mcq_mode"), settings.get("mcq_mode_source")
+    if not mode:
+        return []
+    return [f"- **Multiple-choice answers**: {MCQ_MODES.get(mode, mode)}" + (f" ({source})" if source else "")]
+
+
 def write_report(run_dir: str | Path) -> Path:
     """Write ``report.md`` and its charts into ``run_dir`` from its ``items.parquet`` and ``summary.json``."""
     import pandas as pd
@@ -42,6 +49,7 @@ def write_report(run_dir: str | Path) -> Path:
         f"- **Speech LLM** (`slm_text`, `slm_speech`): {_code(summary.get('model'))}",
         f"- **Base text LLM** (`base_text`): {_code(summary.get('base'))}",
         f"- **Tasks**: {len(tasks)}; {len(items)} result rows in `items.parquet`",
+        *_mcq_mode_line(summary.get("settings") or {}),
         "",
         "Scores are percentages for binary scorers (an answer that could not be extracted counts as wrong;",
         "the extraction-failure rate is reported) and mean 1–5 ratings for judge-scored tasks. Intervals",

@@ -17,12 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from xkd_eval.audio import load_all_audio, samples_digest
-from xkd_eval.errors import XkdError
+from xkd_eval.errors import DataFormatError, XkdError
 from xkd_eval.models.base import SPEECH_INSTRUCTION, GenerationSettings, ModelAdapter, Query
 from xkd_eval.records import QUESTION_AUDIO, AudioRef, Item, Score
-from xkd_eval.runner.options import MCQ_MODES, OptionSet, option_set
 from xkd_eval.runner.store import ResultStore, result_key
 from xkd_eval.scoring import SCORERS, ScorerSpec
+from xkd_eval.scoring.mcq_options import MCQ_MODES, OptionSet, option_set
 from xkd_eval.scoring.open_judge import JudgeConfig
 from xkd_eval.tasks.base import LoadedTask, TaskSpec
 
@@ -41,7 +41,9 @@ class RunConfig:
 
     out_dir: Path
     settings: GenerationSettings = field(default_factory=GenerationSettings)
-    mcq_mode: str = "generate"  # generate | letter | cloze (option log-likelihood)
+    # generate | letter | cloze (option log-likelihood); None: what the measured model recommends (its
+    # registry entry: the organism family, cloze), else generate (``measure`` resolves it first)
+    mcq_mode: str | None = "generate"
     batch_size: int = 8  # items per forward pass; results do not depend on it
     limit: int | None = None  # first N items of each task
     data_dir: Path | None = None  # local copy of the benchmark data
@@ -59,7 +61,7 @@ class RunConfig:
         object.__setattr__(self, "out_dir", Path(self.out_dir))
         if self.data_dir is not None:
             object.__setattr__(self, "data_dir", Path(self.data_dir))
-        if self.mcq_mode not in MCQ_MODES:
+        if self.mcq_mode is not None and self.mcq_mode not in MCQ_MODES:
             raise XkdError(f"--mcq-mode must be one of {', '.join(MCQ_MODES)}, got {self.mcq_mode!r}")
         if self.batch_size < 1:
             raise XkdError("--batch-size must be >= 1")
@@ -119,7 +121,8 @@ def infer_breakdowns(items: Sequence[Item]) -> tuple[str, ...]:
     return tuple(keys)
 
 
-def prepare_tasks(names: Sequence[str], config: RunConfig) -> list[TaskRun]:
+def prepare_tasks(names: Sequence[str], config: RunConfig, *, audio: bool = True) -> list[TaskRun]:
+    """Resolve and load the tasks; ``audio=False`` (no speech arm) loads them without making clips."""
     from xkd_eval.tasks import get_task
 
     runs = []
@@ -129,7 +132,7 @@ def prepare_tasks(names: Sequence[str], config: RunConfig) -> list[TaskRun]:
             runs.append(TaskRun(spec, LoadedTask(spec.name, ()), None))
             continue
         try:
-            loaded = spec.load(config.data_dir, limit=config.limit)
+            loaded = spec.load(config.data_dir, limit=config.limit, audio=audio)
         except XkdError:
             raise
         except Exception as exc:  # hub unreachable, dataset missing: one line, and what to do
@@ -169,10 +172,19 @@ def _heard_items(items: Sequence[Item], run: TaskRun, config: RunConfig) -> list
         return list(items)
     return [
         replace(item, audio=AudioRef(path=str(item.metadata[QUESTION_AUDIO])))
-        if item.metadata.get(QUESTION_AUDIO) and option_set(item, run.scorer.name, config.mcq_mode)
+        if item.metadata.get(QUESTION_AUDIO) and _options_or_refusal(item, run, config)[0]
         else item
         for item in items
     ]
+
+
+def _options_or_refusal(item: Item, run: TaskRun, config: RunConfig) -> tuple[OptionSet | None, str | None]:
+    """The item's options to rank, or why it is refused (a cloze MCQ whose options cannot be told apart
+    from its question): that item gets an error row, the others are answered."""
+    try:
+        return option_set(item, run.scorer.name, config.mcq_mode), None
+    except DataFormatError as exc:
+        return None, str(exc)
 
 
 def _query_text(item: Item, modality: str, options: OptionSet | None) -> str:
@@ -219,7 +231,13 @@ def run_arm(
         if item.id in failed:
             rows.append(_error_row(run, item, arm, model_name, failed[item.id], config))
             continue
-        options = option_set(item, run.scorer.name, config.mcq_mode)
+        options, refused = _options_or_refusal(item, run, config)
+        if refused:
+            log.warning("%s", refused)
+            rows.append(_error_row(run, item, arm, model_name, refused, config))
+            if advance:
+                advance(1)
+            continue
         query = Query(item.id, _query_text(item, modality, options), audio.get(item.id))
         prompt = model.render_prompt(query)
         # the rendered speech prompt only holds a placeholder for the clip: its samples are part of the key,

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,17 +27,20 @@ def _speech_capable(spec: str) -> bool | None:
     return adapter_class(adapter).supports_audio
 
 
-@contextlib.contextmanager
-def _speech_synthesis(needed: bool):
-    """Text-only runs do not make the built-in benchmark synthesise its spoken versions."""
-    previous = os.environ.get("XKD_EVAL_BUILTIN_TTS")
-    if not needed and previous is None:
-        os.environ["XKD_EVAL_BUILTIN_TTS"] = "off"
-    try:
-        yield
-    finally:
-        if not needed and previous is None:
-            os.environ.pop("XKD_EVAL_BUILTIN_TTS", None)
+def with_mcq_mode(config: RunConfig, model: str, base: str | None) -> tuple[RunConfig, str]:
+    """The MCQ mode every arm uses (one mode: the arms are compared item by item) and where it came from:
+    the command, else the speech LLM's recommended settings, else the base's, else generation."""
+    from dataclasses import replace
+
+    from xkd_eval.models import recommended_settings
+
+    if config.mcq_mode is not None:
+        return config, "set by the command"
+    for spec in (model, base):
+        mode = recommended_settings(spec).get("mcq_mode") if spec else None
+        if mode:
+            return replace(config, mcq_mode=mode), f"recommended by {spec}; --mcq-mode overrides it"
+    return replace(config, mcq_mode="generate"), "the default (no recommendation for these models)"
 
 
 def _progress():
@@ -60,6 +61,7 @@ def measure(
     diagnostics: Sequence[str] = (),
     model_options: dict[str, Any] | None = None,
     base_options: dict[str, Any] | None = None,
+    mcq_source: str | None = None,
 ) -> Path | None:
     """Run the arms, then (on rank 0) write items.parquet/csv, summary.json, report.md and plots.
 
@@ -75,6 +77,8 @@ def measure(
     if "hearing" in diagnostics and "slm_speech" not in arms:
         raise XkdError("--diagnostics hearing probes the clips of the speech arm: use it with `gap`")
     speech_capable = {spec: _speech_capable(spec) for spec in (model, base) if spec}  # unknown names fail here
+    if mcq_source is None:
+        config, mcq_source = with_mcq_mode(config, model, base)
     timings: dict[str, float] = {}
     answered = 0
 
@@ -83,8 +87,7 @@ def measure(
         answered += n
 
     started = time.perf_counter()
-    with _speech_synthesis("slm_speech" in arms):
-        runs = prepare_tasks(tasks, config)
+    runs = prepare_tasks(tasks, config, audio="slm_speech" in arms)  # a text-only run makes no clips
     if "slm_speech" in arms:
         check_speech_ready(runs)
         if speech_capable[model] is False:
@@ -142,7 +145,15 @@ def measure(
     if answered == 0 and config.world_size == 1 and (Path(config.out_dir) / "timings.json").exists():
         timings = None
     return write_outputs(
-        rows, runs, model=model, base=base, config=config, timings=timings, diagnostics=diag, hearing=hearing_rows
+        rows,
+        runs,
+        model=model,
+        base=base,
+        config=config,
+        timings=timings,
+        diagnostics=diag,
+        hearing=hearing_rows,
+        mcq_source=mcq_source,
     )
 
 
@@ -200,7 +211,16 @@ def _kl(model: str, base: str | None, runs: list[TaskRun], rows, config: RunConf
 
 
 def write_outputs(
-    rows, runs, *, model, base, config: RunConfig, timings: dict[str, float] | None, diagnostics=None, hearing=()
+    rows,
+    runs,
+    *,
+    model,
+    base,
+    config: RunConfig,
+    timings: dict[str, float] | None,
+    diagnostics=None,
+    hearing=(),
+    mcq_source: str | None = None,
 ) -> Path:
     """Write the tables, summary, report and plots; `timings` None leaves an earlier timings.json as it is.
 
@@ -228,6 +248,7 @@ def write_outputs(
     summary["settings"] = {
         "generation": config.settings.record(),
         "mcq_mode": config.mcq_mode,
+        **({"mcq_mode_source": mcq_source} if mcq_source else {}),
         "compat": config.compat,
         "batch_size": config.batch_size,
         "limit": config.limit,

@@ -13,6 +13,7 @@ starting "C."), then the text of exactly one option.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
 
 from xkd_eval.records import Item, Score
 from xkd_eval.scoring.phrases import voicebench_phrases
@@ -70,10 +71,106 @@ def _normalise(text: str) -> str:
 
 
 def options_of(item: Item) -> dict[str, str]:
-    """Letter -> option text, from ``choices`` or from "A. ..." lines in the prompt."""
+    """Letter -> option text, from ``choices``, else from the prompt: "A. ..." lines, or options written
+    inline ("What do bees make? A. wax. B. milk. C. honey. D. sand.") whose markers can be told apart."""
     if item.choices:
         return {LETTERS[i]: c for i, c in enumerate(item.choices[: len(LETTERS)])}
-    return {letter: text for letter, text in _OPTION_LINE.findall(item.prompt or "")}
+    return dict(written_options(item.prompt or "").options)
+
+
+# --- where a prompt writes its options -------------------------------------------------------------
+
+_OPTION_LINE_SPAN = re.compile(r"(?m)^\s*\(?[A-D][.):]\s+.+$")
+# an option marker inside a line: "A." "B)" "C:" or "(D)", standing alone, followed by a space
+_INLINE_MARKER = re.compile(r"(?<!\S)(?:\(([A-D])\)|([A-D])[.):])(?=\s)")
+_SENTENCE_BREAK = re.compile(r"[.?!]\s+\S")
+HOW_TO_WRITE_OPTIONS = (
+    "write one option per line as 'A. text', or give the options in the 'choices' field "
+    "and the question alone in 'prompt'"
+)
+
+
+@dataclass(frozen=True)
+class WrittenOptions:
+    """The options a prompt writes out, and the question without them.
+
+    ``layout`` is ``lines`` ("A. text" lines), ``inline`` (markers A, B, ... once each and in order within
+    the text: the question is the text before the first marker), ``none`` (no options written) or
+    ``ambiguous`` (the options cannot be told apart from the question; ``problem`` says why, and the
+    question is then the prompt less any "A. text" lines).
+    """
+
+    question: str
+    options: dict[str, str] = field(default_factory=dict)
+    layout: str = "none"
+    problem: str | None = None
+
+
+def _inline_text(text: str, *, last: bool) -> str:
+    """An inline option's text without the separator that follows it ("wax paper." "honey, or")."""
+    text = re.sub(r"(?:[,;]\s*|\s+)or$", "", " ".join(text.split()))
+    return text.rstrip(" .,;?!" if last else " .,;")
+
+
+def written_options(prompt: str, choices: tuple[str, ...] | list[str] = ()) -> WrittenOptions:
+    """Where ``prompt`` writes its options; with ``choices`` (the item's own options), options written
+    inline must be those choices, in order, or the layout is ambiguous.
+
+    Option lines A, B, ... (two or more, once each, in order) are taken as they are. Otherwise the
+    markers within the text are read ("Q? A. wax B. milk\nC. honey\nD. sand" included)."""
+    lines = _OPTION_LINE.findall(prompt)
+    letters = "".join(letter for letter, _ in lines)
+    in_order = letters == LETTERS[: len(letters)]
+    if len(lines) >= 2 and in_order:
+        return WrittenOptions(_without_option_lines(prompt), dict(lines), "lines")
+    inline = _inline_options(prompt, choices)
+    if inline.layout == "inline" or not lines:
+        return inline
+    if in_order:  # one "A. ..." line, and no options inline: as it was
+        return WrittenOptions(_without_option_lines(prompt), dict(lines), "lines")
+    problem = f"its option lines are {', '.join(letters)}, not A, B, ... once each in order"
+    return WrittenOptions(_without_option_lines(prompt), dict(lines), "ambiguous", problem)
+
+
+def _without_option_lines(prompt: str) -> str:
+    return re.sub(r"\n{2,}", "\n", _OPTION_LINE_SPAN.sub("", prompt)).strip()
+
+
+def _inline_options(prompt: str, choices: tuple[str, ...] | list[str]) -> WrittenOptions:
+    whole = re.sub(r"\n{2,}", "\n", prompt).strip()
+    markers = list(_INLINE_MARKER.finditer(prompt))
+    if len(markers) < 2:
+        return WrittenOptions(whole)
+    letters = "".join(m.group(1) or m.group(2) for m in markers)
+    if letters != LETTERS[: len(letters)]:
+        found = ", ".join(letters)
+        return WrittenOptions(
+            whole, layout="ambiguous", problem=f"its text has the option markers {found}, not A, B, ... once each"
+        )
+    ends = [m.start() for m in markers[1:]] + [len(prompt)]
+    raw = [prompt[m.end() : end] for m, end in zip(markers, ends, strict=True)]
+    options = {
+        m.group(1) or m.group(2): _inline_text(text, last=i == len(raw) - 1)
+        for i, (m, text) in enumerate(zip(markers, raw, strict=True))
+    }
+    question = re.sub(r"\n{2,}", "\n", prompt[: markers[0].start()]).strip()
+    if not all(options.values()):
+        return WrittenOptions(whole, layout="ambiguous", problem="an option marker has no text after it")
+    if choices:
+        if [_normalise(o) for o in options.values()] != [_normalise(c) for c in choices[: len(LETTERS)]]:
+            written = "; ".join(f"{k}. {v}" for k, v in options.items())
+            return WrittenOptions(
+                whole,
+                layout="ambiguous",
+                problem=f"the options written in its text ({written}) are not its choices {list(choices)}",
+            )
+    elif _SENTENCE_BREAK.search(_inline_text(raw[-1], last=True)):
+        return WrittenOptions(
+            whole,
+            layout="ambiguous",
+            problem=f"text follows its last option ({letters[-1]}. {' '.join(raw[-1].split())!r}): where does it end?",
+        )
+    return WrittenOptions(question, options, "inline")
 
 
 def extract_robust(response: str, options: dict[str, str] | None = None) -> str | None:

@@ -18,11 +18,13 @@ RESOURCE = "tokenizers/punkt_tab/english/"
 
 
 def default_nltk_dir() -> Path:
-    """Inside the virtual environment when writable (``make install``), else the user's cache."""
+    """Inside the virtual environment when writable (``make install``), else xkd-eval's cache."""
+    from xkd_eval.io import cache_root
+
     venv_dir = Path(sys.prefix) / "nltk_data"
     if os.access(sys.prefix, os.W_OK):
         return venv_dir
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "xkd-eval" / "nltk_data"
+    return cache_root() / "nltk_data"
 
 
 def _installed(nltk) -> bool:

@@ -1,13 +1,14 @@
 """The task registry: names like ``voicebench/sd-qa:usa``, ``mmau-mini`` and ``jsonl:<path>``.
 
-Families are resolved by prefix; later families (``builtin/<subset>``, ``lm-eval/<task>``) register
-themselves the same way.
+Families are resolved by prefix, through lazy entries: naming a task imports only its family.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from xkd_eval.errors import UnknownNameError
 from xkd_eval.registry import Registry, unknown_name_message
@@ -16,69 +17,46 @@ from xkd_eval.tasks.base import LoadedTask, LoadProblem, TaskSpec
 
 @dataclass(frozen=True)
 class TaskFamily:
-    """Resolves ``<family>/<rest>`` (or ``<family>:<rest>``, or the bare family name) to a TaskSpec."""
+    """Resolves ``<family>/<rest>`` (or ``<family>:<rest>``, or the bare family name) to a TaskSpec.
 
-    resolve: Callable[[str], TaskSpec]
-    known_names: Callable[[], list[str]]
+    ``resolve`` and ``known_names`` may be lazy ``"module:function"`` entries, imported on first use: the
+    families that live above this package (the built-in benchmark, lm-eval's tasks) register so, and this
+    package imports none of them."""
+
+    resolve_entry: str | Callable[[str], TaskSpec]
+    known_names_entry: str | Callable[[], list[str]]
     separator: str = "/"
+
+    def resolve(self, rest: str) -> TaskSpec:
+        return _entry(self.resolve_entry)(rest)
+
+    def known_names(self) -> list[str]:
+        return _entry(self.known_names_entry)()
+
+
+def _entry(entry: str | Callable[..., Any]) -> Callable[..., Any]:
+    if not isinstance(entry, str):
+        return entry
+    module_name, _, attr = entry.partition(":")
+    return getattr(importlib.import_module(module_name), attr)
+
+
+def _mmau_resolve(rest: str) -> TaskSpec:
+    from xkd_eval.tasks import mmau
+
+    if rest:
+        raise UnknownNameError(unknown_name_message("task", f"mmau-mini/{rest}", ["mmau-mini"]))
+    return mmau.spec()
 
 
 TASK_FAMILIES: Registry[TaskFamily] = Registry("task family")
-
-
-def _voicebench() -> TaskFamily:
-    from xkd_eval.tasks import voicebench
-
-    return TaskFamily(voicebench.resolve, voicebench.known_names)
-
-
-def _mmau() -> TaskFamily:
-    from xkd_eval.tasks import mmau
-
-    def resolve(rest: str) -> TaskSpec:
-        if rest:
-            raise UnknownNameError(unknown_name_message("task", f"mmau-mini/{rest}", ["mmau-mini"]))
-        return mmau.spec()
-
-    return TaskFamily(resolve, lambda: ["mmau-mini"])
-
-
-def _jsonl() -> TaskFamily:
-    from xkd_eval.tasks import jsonl
-
-    return TaskFamily(jsonl.spec, lambda: ["jsonl:<path>"], separator=":")
-
-
-def _lm_eval() -> TaskFamily:
-    # imported on use (xkd_eval.lmeval.tasks imports this package); lm-eval itself waits for a run
-    def resolve(rest: str) -> TaskSpec:
-        from xkd_eval.lmeval.tasks import resolve
-
-        return resolve(rest)
-
-    return TaskFamily(resolve, lambda: ["lm-eval/<task>"])
-
-
-def _builtin() -> TaskFamily:
-    # imported on use (xkd_eval.builtin imports this package)
-    def resolve(rest: str) -> TaskSpec:
-        from xkd_eval.builtin import resolve
-
-        return resolve(rest)
-
-    def known_names() -> list[str]:
-        from xkd_eval.builtin import known_names
-
-        return known_names()
-
-    return TaskFamily(resolve, known_names)
-
-
-TASK_FAMILIES.add("voicebench", _voicebench())
-TASK_FAMILIES.add("mmau-mini", _mmau())
-TASK_FAMILIES.add("jsonl", _jsonl())
-TASK_FAMILIES.add("lm-eval", _lm_eval())
-TASK_FAMILIES.add("builtin", _builtin())
+TASK_FAMILIES.add(
+    "voicebench", TaskFamily("xkd_eval.tasks.voicebench:resolve", "xkd_eval.tasks.voicebench:known_names")
+)
+TASK_FAMILIES.add("mmau-mini", TaskFamily(_mmau_resolve, lambda: ["mmau-mini"]))
+TASK_FAMILIES.add("jsonl", TaskFamily("xkd_eval.tasks.jsonl:spec", lambda: ["jsonl:<path>"], separator=":"))
+TASK_FAMILIES.add("lm-eval", TaskFamily("xkd_eval.lmeval.tasks:resolve", lambda: ["lm-eval/<task>"]))
+TASK_FAMILIES.add("builtin", TaskFamily("xkd_eval.builtin:resolve", "xkd_eval.builtin:known_names"))
 
 
 def all_task_names() -> list[str]:

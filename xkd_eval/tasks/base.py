@@ -36,11 +36,20 @@ class TaskSpec:
     scorer: str
     description: str
     speech: bool  # whether items come with spoken versions
-    loader: Callable[[Path | None], LoadedTask] = field(repr=False, compare=False)
+    # (data_dir, limit) -> the items; a loader may stop at ``limit`` (the built-in benchmark then synthesises
+    # only those items' clips); ``load`` cuts to it in any case
+    loader: Callable[[Path | None, int | None], LoadedTask] = field(repr=False, compare=False)
     breakdowns: tuple[str, ...] = ()  # metadata keys a report breaks scores down by
+    # the items without their audio, where making the audio costs something (the built-in benchmark
+    # synthesises its clips): what a text-only run loads; None = the loader's items
+    text_loader: Callable[[int | None], LoadedTask] | None = field(default=None, repr=False, compare=False)
 
-    def load(self, data_dir: str | Path | None = None, *, limit: int | None = None) -> LoadedTask:
-        loaded = self.loader(Path(data_dir) if data_dir is not None else None)
+    def load(self, data_dir: str | Path | None = None, *, limit: int | None = None, audio: bool = True) -> LoadedTask:
+        """The task's items (the first ``limit``); ``audio=False``: a text-only run, which need not make clips."""
+        if not audio and self.text_loader is not None:
+            loaded = self.text_loader(limit)
+        else:
+            loaded = self.loader(Path(data_dir) if data_dir is not None else None, limit)
         if limit is not None:
             loaded = LoadedTask(loaded.name, loaded.items[:limit], loaded.problems)
         return loaded

@@ -91,7 +91,7 @@ def spec(path: str, scorer: str | None = None) -> TaskSpec:
     file = Path(path).expanduser()
     name = f"jsonl:{path}"
 
-    def loader(_data_dir: Path | None) -> LoadedTask:
+    def loader(_data_dir: Path | None, _limit: int | None) -> LoadedTask:
         return load_jsonl(file, name=name, scorer=scorer)
 
     return TaskSpec(

@@ -25,7 +25,7 @@ def spec() -> TaskSpec:
         scorer="mmau",
         description="MMAU test-mini: 1000 audio MCQs over sound, music and speech",
         speech=True,
-        loader=load_mmau,
+        loader=lambda data_dir, _limit: load_mmau(data_dir),
         breakdowns=("mmau_task", "difficulty", "sub_category"),
     )
 

@@ -6,7 +6,6 @@ encoded bytes (``Audio(decode=False)``) and decoded by ``xkd_eval.audio`` on dem
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from xkd_eval.errors import DataFormatError, UnknownNameError
@@ -54,11 +53,17 @@ def known_names() -> list[str]:
 
 
 def bbh_subtask(source_id: str) -> str:
-    """VoiceBench's bbh ``id`` holds the subtask, optionally followed by an index."""
+    """The subtask a VoiceBench bbh ``id`` names, found anywhere in it (``bbh_navigate_0042``,
+    ``web_of_lies_17``), checked in the official evaluator's order (``if 'sports_understanding' in id:
+    ... elif 'hyperbaton' ... elif 'navigate' ... elif 'web_of_lies'``). Raises ValueError when the id
+    names none of them (where the official code raises NotImplementedError)."""
     for subtask in BBH_SUBTASKS:
-        if source_id.startswith(subtask):
+        if subtask in source_id:
             return subtask
-    return re.sub(r"[_-]?\d+$", "", source_id)
+    raise ValueError(
+        f"bbh: id {source_id!r} names no subtask; the id must contain one of {', '.join(BBH_SUBTASKS)} "
+        "(as VoiceBench's do, e.g. 'navigate_0042'), or the item must carry a 'subtask' field"
+    )
 
 
 def resolve(rest: str) -> TaskSpec:
@@ -79,7 +84,7 @@ def resolve(rest: str) -> TaskSpec:
     name = f"voicebench/{config}" + (f":{split}" if split else "")
     breakdowns = tuple(k for k in (split_key if len(chosen) > 1 else None, "subtask" if config == "bbh" else None) if k)
 
-    def loader(data_dir: Path | None) -> LoadedTask:
+    def loader(data_dir: Path | None, _limit: int | None) -> LoadedTask:
         return load_voicebench(config, chosen, data_dir=data_dir, name=name, scorer=scorer, split_key=split_key)
 
     return TaskSpec(
@@ -147,7 +152,11 @@ def load_voicebench(
             if "id" in row and row["id"] is not None:
                 metadata["source_id"] = str(row["id"])
                 if config == "bbh":
-                    metadata["subtask"] = bbh_subtask(str(row["id"]))
+                    try:
+                        metadata["subtask"] = bbh_subtask(str(row["id"]))
+                    except ValueError as exc:
+                        problems.append(LoadProblem(item_id, f"{exc} (item left out)"))
+                        continue
             for key in ("key", "instruction_id_list", "kwargs"):
                 if key in row:
                     metadata[key] = row[key]

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from xkd_eval.errors import XkdError
-from xkd_eval.io import atomic_write_bytes, atomic_write_jsonl
+from xkd_eval.io import atomic_write_bytes, atomic_write_jsonl, cache_root
 from xkd_eval.records import QUESTION_AUDIO, AudioRef, Item
 from xkd_eval.tts.engines import ENGINES, TTSUnavailableError, Voice, engine_version, parse_voice
 
@@ -47,15 +47,6 @@ DEFAULT_VOICES: tuple[str, ...] = (
     "espeak-ng:en-us+m3",
 )
 ESPEAK_VOICES: tuple[str, ...] = tuple(v for v in DEFAULT_VOICES if v.startswith("espeak-ng:"))
-
-
-def cache_root() -> Path:
-    """``$XKD_EVAL_CACHE``, else ``$XDG_CACHE_HOME/xkd-eval``, else ``~/.cache/xkd-eval``."""
-    explicit = os.environ.get("XKD_EVAL_CACHE")
-    if explicit:
-        return Path(explicit).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "xkd-eval"
 
 
 def tts_cache_dir(cache: str | os.PathLike | None = None) -> Path:
@@ -195,7 +186,8 @@ def spoken_text_of(item: Item) -> str:
         return str(explicit)
     prompt = item.prompt or ""
     options = _read_options(prompt)
-    if len(options) >= 2 and (item.scorer in (None, "mcq", "auto") or item.choices):
+    # options partly inline ("Q? A. wax B. milk\nC. honey\nD. sand") are read as written
+    if len(options) >= 2 and _is_multiple_choice(item) and not _has_inline_options(prompt):
         read = "; ".join(("or " if i == len(options) - 1 else "") + f"{k}, {v}" for i, (k, v) in enumerate(options))
         return f"{_bare_question(prompt)} Is it {read}?".strip()
     return " ".join(prompt.split())
@@ -204,21 +196,35 @@ def spoken_text_of(item: Item) -> str:
 def question_text_of(item: Item) -> str | None:
     """The bare question of a multiple-choice item whose speaker also reads the options, else None.
 
-    A cloze-scored MCQ gives the written arm the question alone (``xkd_eval.runner.options.stem``); a
-    clip of it keeps the spoken arm's query the same words (``speak_items(question_clips=True)`` makes one)."""
-    if len(_read_options(item.prompt or "")) < 2:
+    A cloze-scored MCQ gives the written arm the question alone (``xkd_eval.scoring.mcq_options.stem``:
+    without its "A. ..." lines, or before the first marker of options written inline); a clip of it
+    keeps the spoken arm's query the same words (``speak_items(question_clips=True)`` makes one)."""
+    prompt = item.prompt or ""
+    if len(_read_options(prompt)) < 2 and not (_is_multiple_choice(item) and _has_inline_options(prompt)):
         return None
-    question = _bare_question(item.prompt)
+    question = _bare_question(prompt)
     return question if question and question != spoken_text_of(item) else None
+
+
+def _is_multiple_choice(item: Item) -> bool:
+    return item.scorer in (None, "mcq", "auto") or bool(item.choices)
 
 
 def _read_options(prompt: str) -> list[tuple[str, str]]:
     return [(m.group(1), m.group(2)) for m in map(_OPTION_LINE.match, prompt.splitlines()) if m]
 
 
+def _has_inline_options(prompt: str) -> bool:
+    from xkd_eval.scoring.mcq import written_options
+
+    written = written_options(prompt)
+    return written.layout == "inline" and len(written.options) >= 2
+
+
 def _bare_question(prompt: str) -> str:
     """The written cloze query, on one line: what the speaker says before any options."""
-    from xkd_eval.runner.options import stem  # here: the runner's option parsing loads every scorer
+    # imported here: importing the scoring package loads every scorer
+    from xkd_eval.scoring.mcq_options import stem
 
     return " ".join(stem(prompt).split())
 
@@ -368,13 +374,9 @@ def tts_command(
         from xkd_eval.tasks import get_task
 
         spec = get_task(task)
-        if spec.name.startswith("builtin/"):  # its text items, without synthesising its default voices first
-            from xkd_eval.builtin import text_items
-
-            items = list(text_items(spec.name.split("/", 1)[1]))[:limit]
-        else:
-            loaded = spec.load(data_dir, limit=limit)
-            items, skipped = list(loaded.items), tuple((p.where, p.reason) for p in loaded.problems)
+        # its text items (a task that makes its own clips, the built-in benchmark, does not make them first)
+        loaded = spec.load(data_dir, limit=limit, audio=False)
+        items, skipped = list(loaded.items), tuple((p.where, p.reason) for p in loaded.problems)
         name, default_scorer = task, spec.scorer
     else:
         items, name, default_scorer = list(task)[:limit], "items", None

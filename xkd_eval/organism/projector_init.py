@@ -133,7 +133,7 @@ def init_projector_least_squares(
     ridge: float = 1.0,
 ) -> ProjectorFit:
     """Fit the projector (a single linear layer, as Qwen2-Audio's) in place; returns the fit's figures."""
-    from xkd_eval.distill.features import projector, unwrap
+    from xkd_eval.models.encoder import projector, unwrap
 
     linear = getattr(projector(model), "linear", None)
     if not isinstance(linear, torch.nn.Linear):

@@ -236,7 +236,7 @@ def _encode_omni(tower: Any, input_features: torch.Tensor, mel_frames: torch.Ten
 
 
 def default_root() -> Path:
-    from xkd_eval.organism.parts import cache_root
+    from xkd_eval.io import cache_root
 
     return cache_root() / "features"
 

@@ -1,0 +1,124 @@
+"""The file format of trained adapter weights, and putting them back into a speech LLM.
+
+A trained adapter is a folder: ``projector.safetensors`` (the audio projector, always), the LoRA weights
+``adapter_model.safetensors`` + ``adapter_config.json`` (peft's format) when the LLM was adapted, and
+``training.json`` (the recipe, data digest and figures of the run that made it). The adaptation recipe and
+the distillation trainer write this format; the organism's named models load it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import warnings
+from collections.abc import Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from xkd_eval.errors import XkdError
+from xkd_eval.models.encoder import projector
+
+PROJECTOR_FILE = "projector.safetensors"
+LORA_FILE = "adapter_model.safetensors"
+LORA_CONFIG_FILE = "adapter_config.json"
+TRAINING_FILE = "training.json"
+ADAPTER_FILES = (PROJECTOR_FILE, LORA_FILE, LORA_CONFIG_FILE)
+
+
+def files_hash(folder: Path, names: Sequence[str]) -> str:
+    """sha256 over the named files of ``folder`` that exist (names and bytes, in the order given)."""
+    digest = hashlib.sha256()
+    for name in names:
+        path = Path(folder) / name
+        if path.is_file():
+            digest.update(name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def portable_model_name(spec: str) -> str:
+    """A model spec without the folders of this machine: a registered name or hub id as it is, a local folder
+    (``qwen2-audio:/cache/models/x``, ``/cache/models/x``) by its last component."""
+    head, sep, rest = spec.partition(":")
+    target = rest if sep else spec
+    local = Path(target).expanduser()
+    if not target or not (local.is_absolute() or local.exists()):
+        return spec
+    return f"{head}:{local.name}" if sep else local.name
+
+
+def export_adapter(model: Any, config: Any, out_dir: str | os.PathLike, *, base_name: str | None = None) -> list[Path]:
+    """Write the trainable weights: the projector (always) and the LoRA adapter (peft format) when on
+    (``config``: a training config, for ``save_dtype`` and ``uses_lora``).
+
+    The adapter's ``base_model_name_or_path`` is ``base_name`` made portable (see ``portable_model_name``), not
+    the folder the base was loaded from: the files, and so the adapter's sha256 that names the trained model
+    in result keys, are then the same on every machine and cache location."""
+    import copy
+
+    import torch
+    from safetensors.torch import save_file
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    dtype = getattr(torch, config.save_dtype)
+    written = []
+    proj = {k: v.detach().cpu().to(dtype).contiguous() for k, v in projector(model).state_dict().items()}
+    save_file(proj, str(out_dir / PROJECTOR_FILE), metadata={"module": "multi_modal_projector"})
+    written.append(out_dir / PROJECTOR_FILE)
+    if config.uses_lora:
+        from peft.utils import get_peft_model_state_dict
+
+        lora = {k: v.detach().cpu().to(dtype).contiguous() for k, v in get_peft_model_state_dict(model).items()}
+        save_file(lora, str(out_dir / LORA_FILE), metadata={"format": "pt"})
+        peft_config = copy.copy(model.peft_config["default"])
+        peft_config.base_model_name_or_path = portable_model_name(base_name) if base_name else None
+        peft_config.save_pretrained(str(out_dir))
+        written += [out_dir / LORA_FILE, out_dir / LORA_CONFIG_FILE]
+    return written
+
+
+def apply_adapter(model: Any, adapter_dir: str | os.PathLike) -> Any:
+    """A base speech LLM with the exported adapter put back: the projector loaded and the LoRA weights
+    merged into the LLM (a plain ``Qwen2AudioForConditionalGeneration`` again)."""
+    import torch
+    from safetensors.torch import load_file
+
+    adapter_dir = Path(adapter_dir)
+    proj_file = adapter_dir / PROJECTOR_FILE
+    if not proj_file.is_file():
+        raise XkdError(f"{adapter_dir} has no {PROJECTOR_FILE}")
+    module = projector(model)
+    weights = load_file(str(proj_file))
+    with torch.no_grad():
+        for name, value in module.state_dict().items():
+            value.copy_(weights[name].to(value.dtype))
+    if (adapter_dir / LORA_CONFIG_FILE).is_file():
+        from peft import PeftModel
+
+        with peft_quiet():
+            model = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
+    return model
+
+
+@contextmanager
+def peft_quiet():
+    """peft reads transformers' deprecated ``is_gradient_checkpointing`` while it wraps a model: a
+    FutureWarning on every run that our users cannot act on. Only that warning is silenced."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
+
+
+__all__ = [
+    "ADAPTER_FILES",
+    "LORA_CONFIG_FILE",
+    "LORA_FILE",
+    "PROJECTOR_FILE",
+    "TRAINING_FILE",
+    "apply_adapter",
+    "export_adapter",
+    "files_hash",
+    "peft_quiet",
+    "portable_model_name",
+]

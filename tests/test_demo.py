@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 from xkd_eval import demo
@@ -114,8 +115,13 @@ def test_demo_retrains_the_distilled_organism_on_tiny_models(tiny_text, tiny_slm
     assert json.loads((out / "training.json").read_text())["steps"] == 3
 
     # without --retrain the committed adapter is measured and its training record reported, nothing trained
-    monkeypatch.setattr(xkd_eval.organism.trained, "DISTILLED_ADAPTER_DIR", adapter)
-    (adapter / "training.json").write_text((tmp_path / "cache" / "demo-distill" / "training.json").read_text())
+    committed_adapter = xkd_eval.organism.trained.publish_distilled_adapter(
+        tmp_path / "cache" / "demo-distill", tmp_path / "committed-adapter"
+    )
+    record = json.loads((committed_adapter / "training.json").read_text())
+    assert record["data_sha256"] == hashlib.sha256(data.read_bytes()).hexdigest() and "model_spec" not in record
+    assert str(tmp_path / "cache") not in (committed_adapter / "training.json").read_text()
+    monkeypatch.setattr(xkd_eval.organism.trained, "DISTILLED_ADAPTER_DIR", committed_adapter)
     checkpoints = sorted((tmp_path / "cache" / "demo-distill").rglob("*"))
     stages = demo.run_demo(tmp_path / "committed", distill=True)
     assert list(stages)[-1] == "measure organism-distilled (remedy)"

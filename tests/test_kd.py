@@ -827,3 +827,24 @@ def test_omni_encoder_on_the_fly_matches_cached_features(omni_pair, data, tmp_pa
     live = run(omni_pair, data, tmp_path / "l", cfg(max_steps=2, feature_mode="on_the_fly"))
     assert "features_computed" not in live
     assert [round(v, 4) for _, v in cached] == [round(v, 4) for _, v in live["curves"]["loss"]]
+
+
+def test_the_committed_distilled_adapter_is_its_recipe_on_the_committed_data():
+    """organism-distilled's adapter (committed, measured by `make demo`) was trained by
+    distill/organism-dictation.yaml on distill/organism-kd-dictation.jsonl, to the end of its schedule."""
+    import hashlib
+
+    from xkd_eval.organism.trained import DISTILLED_ADAPTER_DIR, DISTILLED_RECIPE, distilled_adapter_hash
+
+    record = json.loads((DISTILLED_ADAPTER_DIR / "training.json").read_text())
+    recipe = load_kd_config(ROOT / DISTILLED_RECIPE)
+    trained = recipe.from_dict(record["config"])
+    # only the time budget may differ (the recipe's caps the demo's training; the committed one ran to its end)
+    assert trained.replace(time_budget_s=recipe.time_budget_s) == recipe
+    assert record["recipe"] == DISTILLED_RECIPE and record["stopped"] == "max_steps"
+    assert record["steps"] == recipe.max_steps and (record["teacher"], record["student"]) == (
+        "organism-base",
+        "organism",
+    )
+    assert record["data_sha256"] == hashlib.sha256((ROOT / recipe.data).read_bytes()).hexdigest()
+    assert len(distilled_adapter_hash()) == 64

@@ -9,6 +9,7 @@ a hash of the adapter files, and returns a folder the ``qwen2-audio`` adapter lo
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -107,6 +108,32 @@ class DistilledOrganismAdapter(OrganismAdapter):
     name = DISTILLED_NAME
 
 
+def publish_distilled_adapter(train_dir: str | Path, out_dir: str | Path = DISTILLED_ADAPTER_DIR) -> Path:
+    """Copy a finished distillation's adapter (``train_dir/adapter``) to ``out_dir`` with its training record:
+    the recipe's fields, the sha256 of its data file, steps, time and curves, without this machine's paths.
+    How the committed ``organism-distilled`` adapter was made from ``xkd-eval demo --retrain``'s training."""
+    import shutil
+
+    from xkd_eval.io import atomic_write_text
+
+    train_dir, out_dir = Path(train_dir), Path(out_dir)
+    record = json.loads((train_dir / "training.json").read_text())
+    if record.get("stopped") not in ("max_steps", None):
+        raise XkdError(f"the training in {train_dir} stopped early ({record.get('stopped')}): finish it first")
+    data = Path(record.get("data") or "")
+    if data.is_file():
+        record["data_sha256"] = hashlib.sha256(data.read_bytes()).hexdigest()
+    for key in ("adapter_dir", "merged_student", "model_spec"):
+        record.pop(key, None)
+    record["recipe"] = DISTILLED_RECIPE
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in ADAPTER_FILES:
+        if (train_dir / "adapter" / name).is_file():
+            shutil.copyfile(train_dir / "adapter" / name, out_dir / name)
+    atomic_write_text(out_dir / "training.json", json.dumps(record, indent=1) + "\n")
+    return out_dir
+
+
 def distilled_adapter_hash(adapter_dir: str | Path | None = None) -> str:
     adapter_dir = Path(adapter_dir or DISTILLED_ADAPTER_DIR)
     if not (adapter_dir / ADAPTER_FILES[0]).is_file():
@@ -174,6 +201,7 @@ __all__ = [
     "adapter_hash",
     "distilled_adapter_hash",
     "distilled_student_dir",
+    "publish_distilled_adapter",
     "retrain_dir",
     "files_hash",
     "load_organism",

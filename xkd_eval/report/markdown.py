@@ -325,11 +325,6 @@ def _delta_cell(comparison: Mapping[str, Any] | None, scale: str) -> str:
     )
 
 
-def _relative(comparison: Mapping[str, Any]) -> str:
-    relative = comparison.get("relative_pct")
-    return "—" if relative is None else f"{_signed(relative, 1)}%"
-
-
 def _digits(scale: str) -> int:
     return 1 if scale == "percent" else 2
 

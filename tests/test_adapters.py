@@ -123,6 +123,25 @@ def test_the_audio_reaches_the_model(speech_llm):
     assert abs(a - b) > 1e-4
 
 
+def test_a_speech_query_whose_prompt_lost_its_audio_is_an_error_not_an_answer(speech_llm, monkeypatch):
+    from xkd_eval.errors import AudioError
+
+    _, _, model = speech_llm
+    assert model.audio_token is not None  # the check is on for every speech adapter
+    [query] = speech_queries([AUDIOS[0]])
+    answered = model.generate([query], SETTINGS)  # as the adapter renders it: audio tokens, an answer
+    assert len(answered) == 1
+
+    def text_only(q):  # a chat template that drops the audio part (lmms-eval once shipped one)
+        return [{"role": "user", "content": [{"type": "text", "text": q.text}]}]
+
+    monkeypatch.setattr(model, "messages", text_only)
+    with pytest.raises((AudioError, ValueError), match=r"audio|AUDIO"):
+        model.generate([query], SETTINGS)
+    with pytest.raises((AudioError, ValueError), match=r"audio|AUDIO"):
+        model.continuation_logprobs([query], ["yes"])
+
+
 def test_mixed_arm_batch_is_refused(speech_llm):
     _, _, model = speech_llm
     with pytest.raises(ValueError, match="mixes text and speech"):

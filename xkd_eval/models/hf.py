@@ -7,6 +7,7 @@ import abc
 from collections.abc import Sequence
 from typing import Any
 
+from xkd_eval.errors import AudioError
 from xkd_eval.models.base import GenerationSettings, ModelAdapter, Query
 
 
@@ -74,6 +75,33 @@ class HFChatAdapter(ModelAdapter):
         template_owner = self.processor if hasattr(self.processor, "apply_chat_template") else self.tokenizer
         return template_owner.apply_chat_template(self.messages(query), tokenize=False, add_generation_prompt=True)
 
+    def heard(self, batch: dict[str, Any], queries: Sequence[Query]) -> dict[str, Any]:
+        """The encoded batch, once every query with a clip is seen to carry audio tokens: a speech query
+        whose processed prompt holds none would be answered without its audio (a chat template that drops
+        the audio part, a processor that ignores it), so it is an error naming the item instead."""
+        token = self.audio_token
+        if token is None or "input_ids" not in batch:
+            return batch
+        for row, query in enumerate(queries):
+            if query.audio is not None and not bool((batch["input_ids"][row] == token).any()):
+                raise AudioError(
+                    f"item {query.item_id}: the processed prompt holds no audio token (id {token}): the clip would "
+                    f"not reach {self.model_id}; check the adapter's chat template and processor"
+                )
+        return batch
+
+    @property
+    def audio_token(self) -> int | None:
+        """The id that stands for audio in this model's prompts (None for a text LLM)."""
+        if not self.supports_audio:
+            return None
+        configs = [self.model.config, getattr(self.model.config, "thinker_config", None)]
+        for config in filter(None, configs):
+            for name in ("audio_token_id", "audio_token_index"):
+                if getattr(config, name, None) is not None:
+                    return int(getattr(config, name))
+        return None
+
     def model_inputs(self, batch: dict[str, Any], *, generation: bool) -> dict[str, Any]:
         """The model's keyword arguments for an encoded batch (a hook: cached audio features become
         ``inputs_embeds`` here)."""
@@ -98,7 +126,7 @@ class HFChatAdapter(ModelAdapter):
             return []
         prompts = [self.render_prompt(q) for q in queries]
         self.tokenizer.padding_side = "left"
-        batch = self._to_device(self.encode(prompts, queries))
+        batch = self._to_device(self.heard(self.encode(prompts, queries), queries))
         options: dict[str, Any] = {
             "max_new_tokens": settings.max_new_tokens,
             "do_sample": settings.do_sample,
@@ -144,7 +172,7 @@ class HFChatAdapter(ModelAdapter):
         import torch
 
         self.tokenizer.padding_side = "right"
-        batch = self.encode(prompts, queries)
+        batch = self.heard(self.encode(prompts, queries), queries)
         # append each continuation after its own prompt, inside the right-padded batch
         lengths = batch["attention_mask"].sum(dim=1).tolist()
         width = max(n + len(s) for n, s in zip(lengths, suffixes, strict=True))
@@ -172,7 +200,8 @@ class HFChatAdapter(ModelAdapter):
             first.setdefault(group, row)
         heads = [first[g] for g in range(n_groups)]
         self.tokenizer.padding_side = "left"
-        batch = self._to_device(self.encode([prompts[r] for r in heads], [queries[r] for r in heads]))
+        rows = [queries[r] for r in heads]
+        batch = self._to_device(self.heard(self.encode([prompts[r] for r in heads], rows), rows))
         with torch.inference_mode():
             prefix = self.model(**self.model_inputs(batch, generation=False), use_cache=True)
             last = prefix.logits[:, -1].float()

@@ -145,25 +145,20 @@ def _measurement_options(
     """The options every measuring command takes, declared once (``measures`` adds them to a command)."""
 
 
-def measures(arms_of):
-    """A measuring command: its own options (the models) followed by ``_measurement_options``'; it runs
-    ``measure`` on the arms ``arms_of(**its own options)`` names and prints the summary."""
+def measures(func):
+    """A measuring command: ``func`` takes the models and returns the arms to run; its options are followed
+    by ``_measurement_options``', and the command runs ``measure`` on those arms and prints the summary."""
+    own = inspect.signature(func, eval_str=True)
+    shared = inspect.signature(_measurement_options, eval_str=True)
 
-    def decorate(func):
-        own = inspect.signature(func, eval_str=True)
-        shared = inspect.signature(_measurement_options, eval_str=True)
+    @functools.wraps(func)
+    def run(**options):
+        models = {name: options.pop(name) for name in own.parameters}
+        _measure(models=models, arms=func(**models), **options)
 
-        @functools.wraps(func)
-        def run(**options):
-            models = {name: options.pop(name) for name in own.parameters}
-            func(**models)  # a command's own checks, before anything loads
-            _measure(models=models, arms=arms_of(**models), **options)
-
-        run.__signature__ = own.replace(parameters=[*own.parameters.values(), *shared.parameters.values()])
-        del run.__wrapped__  # typer reads the signature above, not the command's own
-        return run
-
-    return decorate
+    run.__signature__ = own.replace(parameters=[*own.parameters.values(), *shared.parameters.values()])
+    del run.__wrapped__  # typer reads the signature above, not the command's own
+    return run
 
 
 def _measure(
@@ -231,20 +226,22 @@ def _print_summary(folder: Path) -> None:
 
 
 @command()
-@measures(lambda model, base: ["base_text", "slm_text"])
+@measures
 def forgetting(
     model: ModelOpt, base: Annotated[str, typer.Option(help="The text LLM the speech LLM was built from.")]
-) -> None:
+) -> list[str]:
     """Catastrophic forgetting: the speech LLM and its base LLM on the same written queries."""
+    return ["base_text", "slm_text"]
 
 
 @command()
-@measures(lambda model, base: (["base_text"] if base else []) + ["slm_text", "slm_speech"])
+@measures
 def gap(
     model: ModelOpt,
     base: Annotated[str | None, typer.Option(help="Also run the base LLM: the three-arm decomposition.")] = None,
-) -> None:
+) -> list[str]:
     """The modality gap: the speech LLM on written vs spoken queries (with --base: all three arms)."""
+    return (["base_text"] if base else []) + ["slm_text", "slm_speech"]
 
 
 @command()

@@ -60,21 +60,29 @@ def answer_with_vllm(work: Path) -> None:
     (work / "agreement.json").write_text(json.dumps(record, indent=1))
 
 
-def compare(work: Path) -> int:
+def _differs(processor, model, record, item: str, path: str) -> list[tuple[str, str, str]]:
     import torch
+
+    inputs = processor(text=record["prompt"], audio=[_clip(path)], sampling_rate=16_000, return_tensors="pt")
+    with torch.no_grad():
+        ids = model.generate(**inputs, max_new_tokens=MAX_TOKENS, do_sample=False)
+    hf = processor.tokenizer.decode(ids[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip()
+    return [] if hf == record["vllm"][item].strip() else [(item, hf, record["vllm"][item])]
+
+
+def compare(work: Path) -> int:
     from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
+
+    from xkd_eval.models.encoder import progress_bar
 
     record = json.loads((work / "agreement.json").read_text())
     processor = AutoProcessor.from_pretrained(record["model"])
     model = Qwen2AudioForConditionalGeneration.from_pretrained(record["model"], dtype="float32").eval()
     differ = []
-    for item, path in record["clips"].items():
-        inputs = processor(text=record["prompt"], audio=[_clip(path)], sampling_rate=16_000, return_tensors="pt")
-        with torch.no_grad():
-            ids = model.generate(**inputs, max_new_tokens=MAX_TOKENS, do_sample=False)
-        hf = processor.tokenizer.decode(ids[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip()
-        if hf != record["vllm"][item].strip():
-            differ.append((item, hf, record["vllm"][item]))
+    with progress_bar(len(record["clips"]), "transformers, greedy") as advance:
+        for item, path in record["clips"].items():
+            differ += _differs(processor, model, record, item, path)
+            advance(1)
     n = len(record["clips"])
     print(f"exported organism, greedy repetitions of {n} listen clips: vLLM equals transformers on {n - len(differ)}")
     for item, hf, vllm in differ:

@@ -173,6 +173,7 @@ class TrainConfig(RecipeConfig):
 
     def problems(self) -> list[str]:
         """What is wrong with the fields, each said by name (a recipe adds its own checks)."""
+        not_linear = sorted(set(self.lora_targets or ()) - set(LLM_LINEAR_MODULES))
         checks = [
             (self.trainable in self.scopes, f"trainable must be one of {', '.join(self.scopes)}"),
             (self.feature_window in FEATURE_WINDOWS, f"feature_window must be one of {', '.join(FEATURE_WINDOWS)}"),
@@ -183,11 +184,7 @@ class TrainConfig(RecipeConfig):
             (self.lora_alpha > 0, "lora_alpha must be > 0"),
             (0.0 <= self.lora_dropout < 1.0, "lora_dropout must be in [0, 1)"),
             (bool(self.lora_targets), "lora_targets must name at least one module"),
-            (
-                not sorted(set(self.lora_targets or ()) - set(LLM_LINEAR_MODULES)),
-                f"lora_targets {sorted(set(self.lora_targets or ()) - set(LLM_LINEAR_MODULES))} are not LLM linear "
-                f"layers ({', '.join(LLM_LINEAR_MODULES)})",
-            ),
+            (not not_linear, f"lora_targets {not_linear} are not LLM linear layers ({', '.join(LLM_LINEAR_MODULES)})"),
             (self.lora_layers is None or all(i >= 0 for i in self.lora_layers), "lora_layers must be >= 0"),
             (self.max_steps is None or self.max_steps >= 1, "max_steps must be >= 1"),
             (self.batch_size >= 1 and self.grad_accum >= 1, "batch_size and grad_accum must be >= 1"),

@@ -47,6 +47,7 @@ def run_distillation(
     from xkd_eval.distill.config import load_kd_config
     from xkd_eval.distill.kd import distill
     from xkd_eval.distill.train import refuse_to_overwrite
+    from xkd_eval.models.adapter_weights import MACHINE_PATHS
     from xkd_eval.runner.measure import measure
 
     train_dir = Path(train_dir) if train_dir else out / "train"
@@ -62,18 +63,17 @@ def run_distillation(
         kd_config = kd_config.replace(tt_weight=tt, st_weight=st)
     teacher, student = teacher or kd_config.teacher, student or kd_config.student
     arms = ["base_text", "slm_text", "slm_speech"]
-    mcq_source = None
     if eval_tasks:
         from xkd_eval.runner.measure import with_mcq_mode
 
         # one MCQ mode before and after, the student's as it is now (its distilled self is compared with it)
-        eval_config, mcq_source = with_mcq_mode(eval_config, student, teacher)
+        eval_config = with_mcq_mode(eval_config, student, teacher)
     # under torchrun every rank measures its share and trains; rank 0 gathers and writes the records
     leader = eval_config is None or eval_config.rank == 0
     if eval_tasks:
         measure(
             model=student, base=teacher, tasks=eval_tasks, arms=arms, config=eval_config.with_out(out / "before"),
-            diagnostics=diagnostics, mcq_source=mcq_source,
+            diagnostics=diagnostics,
         )  # fmt: skip
         if leader:
             from xkd_eval.runner.store import share_results
@@ -92,7 +92,7 @@ def run_distillation(
     distilled = distilled_name or f"{adapter}:{(train_dir / 'student').resolve()}"
     record = training | {"teacher": teacher, "student": student, "distilled_model": distilled}
     if distilled_name:  # the weights sit in this machine's cache, found by the name: no paths in the report
-        for key in ("adapter_dir", "merged_student", "model_spec"):
+        for key in MACHINE_PATHS:
             record.pop(key, None)
     if leader:
         atomic_write_text(out / "training.json", json.dumps(record, indent=2))
@@ -104,7 +104,6 @@ def run_distillation(
             arms=arms,
             config=eval_config.with_out(out / "after"),
             diagnostics=diagnostics,
-            mcq_source=mcq_source,
             # the encoder is frozen: the clips' encoder outputs from `before` serve `after` too
             model_options=distilled_options
             or ({"encoder_cache": True} if not distilled_name and adapter == "qwen2-audio" else None),

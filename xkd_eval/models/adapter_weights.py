@@ -24,6 +24,8 @@ LORA_FILE = "adapter_model.safetensors"
 LORA_CONFIG_FILE = "adapter_config.json"
 TRAINING_FILE = "training.json"
 ADAPTER_FILES = (PROJECTOR_FILE, LORA_FILE, LORA_CONFIG_FILE)
+# the training record's fields that name this machine's folders (dropped where the record is published)
+MACHINE_PATHS = ("adapter_dir", "merged_student", "model_spec")
 
 
 def files_hash(folder: Path, names: Sequence[str]) -> str:
@@ -114,6 +116,7 @@ __all__ = [
     "ADAPTER_FILES",
     "LORA_CONFIG_FILE",
     "LORA_FILE",
+    "MACHINE_PATHS",
     "PROJECTOR_FILE",
     "TRAINING_FILE",
     "apply_adapter",

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from xkd_eval.errors import XkdError
-from xkd_eval.models.adapter_weights import ADAPTER_FILES, files_hash
+from xkd_eval.models.adapter_weights import ADAPTER_FILES, MACHINE_PATHS, files_hash
 from xkd_eval.models.qwen2_audio import Qwen2AudioAdapter
 
 ORGANISM_NAME = "organism"
@@ -25,14 +25,29 @@ ADAPTER_DIR = Path(__file__).parent / "weights" / "organism-adapter"
 
 def adapter_hash(adapter_dir: str | Path = ADAPTER_DIR) -> str:
     """sha256 over the adapter's weight and config files (names and bytes)."""
-    adapter_dir = Path(adapter_dir)
+    rebuild = (
+        "`xkd-eval adapt-organism --out OUT` (recipe distill/organism-adapt.yaml) rebuilds it: copy OUT's "
+        f"{', '.join(ADAPTER_FILES)} and training.json there"
+    )
+    return _hash_of_adapter(Path(adapter_dir), ADAPTER_FILES, "trained organism", rebuild)
+
+
+def _hash_of_adapter(adapter_dir: Path, order: tuple[str, ...] | list[str], what: str, rebuild: str) -> str:
     if not (adapter_dir / ADAPTER_FILES[0]).is_file():
-        raise XkdError(
-            f"no trained organism adapter in {adapter_dir}; rebuild it with "
-            "`xkd-eval adapt-organism --out OUT` (recipe distill/organism-adapt.yaml) and copy OUT's "
-            f"{', '.join(ADAPTER_FILES)} and training.json there"
-        )
-    return files_hash(adapter_dir, ADAPTER_FILES)
+        raise XkdError(f"no {what} adapter in {adapter_dir}; {rebuild}")
+    return files_hash(adapter_dir, order)
+
+
+def _merged(prefix: str, key: str, base_dir, adapter_dir: Path) -> Path:
+    """``adapter_dir`` merged into the speech LLM that ``base_dir()`` builds, once, into the cache under
+    ``<prefix>-<key[:12]>``; the base is built only when the merged folder is missing."""
+    from xkd_eval.organism import _models_dir
+    from xkd_eval.organism.convert import is_complete
+
+    out = _models_dir() / f"{prefix}-{key[:12]}"
+    if is_complete(out, "organism"):
+        return out
+    return merge_adapter(base_dir(), adapter_dir, out)
 
 
 def adapter_base_seed(adapter_dir: str | Path = ADAPTER_DIR) -> int:
@@ -68,14 +83,10 @@ def merge_adapter(base_dir: str | Path, adapter_dir: str | Path, out_dir: str | 
 
 def organism_dir(adapter_dir: str | Path = ADAPTER_DIR) -> Path:
     """The trained organism as an HF folder (built once into the cache)."""
-    from xkd_eval.organism import _models_dir, speech_llm_base_dir
-    from xkd_eval.organism.convert import is_complete
+    from xkd_eval.organism import speech_llm_base_dir
 
-    key = adapter_hash(adapter_dir)
-    out = _models_dir() / f"organism-{key[:12]}"
-    if is_complete(out, "organism"):
-        return out
-    return merge_adapter(speech_llm_base_dir(adapter_base_seed(adapter_dir)), adapter_dir, out)
+    base = lambda: speech_llm_base_dir(adapter_base_seed(adapter_dir))  # noqa: E731
+    return _merged("organism", adapter_hash(adapter_dir), base, Path(adapter_dir))
 
 
 class OrganismAdapter(Qwen2AudioAdapter):
@@ -121,9 +132,11 @@ def publish_distilled_adapter(train_dir: str | Path, out_dir: str | Path = DISTI
     if record.get("stopped") not in ("max_steps", None):
         raise XkdError(f"the training in {train_dir} stopped early ({record.get('stopped')}): finish it first")
     data = Path(record.get("data") or "")
-    if data.is_file():
-        record["data_sha256"] = hashlib.sha256(data.read_bytes()).hexdigest()
-    for key in ("adapter_dir", "merged_student", "model_spec"):
+    data = data if data.is_absolute() else Path(__file__).resolve().parents[2] / data
+    if not data.is_file():
+        raise XkdError(f"cannot find the training's data {record.get('data')!r} to record its sha256")
+    record["data_sha256"] = hashlib.sha256(data.read_bytes()).hexdigest()
+    for key in MACHINE_PATHS:
         record.pop(key, None)
     record["recipe"] = DISTILLED_RECIPE
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -135,26 +148,15 @@ def publish_distilled_adapter(train_dir: str | Path, out_dir: str | Path = DISTI
 
 
 def distilled_adapter_hash(adapter_dir: str | Path | None = None) -> str:
-    adapter_dir = Path(adapter_dir or DISTILLED_ADAPTER_DIR)
-    if not (adapter_dir / ADAPTER_FILES[0]).is_file():
-        raise XkdError(
-            f"no distilled organism adapter in {adapter_dir}; `xkd-eval demo --retrain` trains one from "
-            f"{DISTILLED_RECIPE} (its adapter/ folder holds the files to put there)"
-        )
-    return files_hash(adapter_dir, sorted(ADAPTER_FILES))
+    """sha256 over the distilled adapter's files (in name order: the revision its results are keyed by)."""
+    rebuild = f"`xkd-eval demo --retrain` trains one from {DISTILLED_RECIPE} (publish_distilled_adapter puts it there)"
+    return _hash_of_adapter(Path(adapter_dir or DISTILLED_ADAPTER_DIR), sorted(ADAPTER_FILES), "distilled", rebuild)
 
 
 def distilled_student_dir(adapter_dir: str | Path | None = None) -> Path:
     """The committed distilled adapter merged into the organism, as an HF folder (built once into the cache)."""
-    from xkd_eval.organism import _models_dir
-    from xkd_eval.organism.convert import is_complete
-
     adapter_dir = Path(adapter_dir or DISTILLED_ADAPTER_DIR)
-    key = distilled_adapter_hash(adapter_dir)
-    out = _models_dir() / f"organism-distilled-{key[:12]}"
-    if is_complete(out, "organism"):
-        return out
-    return merge_adapter(organism_dir(), adapter_dir, out)
+    return _merged("organism-distilled", distilled_adapter_hash(adapter_dir), organism_dir, adapter_dir)
 
 
 def _load_named(

@@ -44,6 +44,7 @@ class RunConfig:
     # generate | letter | cloze (option log-likelihood); None: what the measured model recommends (its
     # registry entry: the organism family, cloze), else generate (``measure`` resolves it first)
     mcq_mode: str | None = "generate"
+    mcq_mode_source: str | None = None  # where the mode came from, for the report (``with_mcq_mode`` sets it)
     batch_size: int = 8  # items per forward pass; results do not depend on it
     limit: int | None = None  # first N items of each task
     data_dir: Path | None = None  # local copy of the benchmark data

@@ -27,20 +27,23 @@ def _speech_capable(spec: str) -> bool | None:
     return adapter_class(adapter).supports_audio
 
 
-def with_mcq_mode(config: RunConfig, model: str, base: str | None) -> tuple[RunConfig, str]:
-    """The MCQ mode every arm uses (one mode: the arms are compared item by item) and where it came from:
-    the command, else the speech LLM's recommended settings, else the base's, else generation."""
+def with_mcq_mode(config: RunConfig, model: str, base: str | None) -> RunConfig:
+    """The config with the MCQ mode every arm uses (one mode: the arms are compared item by item) and where
+    it came from: the command, else the speech LLM's recommended settings, else the base's, else generation.
+    A config whose mode is already resolved is returned as it is."""
     from dataclasses import replace
 
     from xkd_eval.models import recommended_settings
 
+    if config.mcq_mode_source is not None:
+        return config
     if config.mcq_mode is not None:
-        return config, "set by the command"
+        return replace(config, mcq_mode_source="set by the command")
     for spec in (model, base):
         mode = recommended_settings(spec).get("mcq_mode") if spec else None
         if mode:
-            return replace(config, mcq_mode=mode), f"recommended by {spec}; --mcq-mode overrides it"
-    return replace(config, mcq_mode="generate"), "the default (no recommendation for these models)"
+            return replace(config, mcq_mode=mode, mcq_mode_source=f"recommended by {spec}; --mcq-mode overrides it")
+    return replace(config, mcq_mode="generate", mcq_mode_source="the default (no recommendation for these models)")
 
 
 def _progress():
@@ -61,7 +64,6 @@ def measure(
     diagnostics: Sequence[str] = (),
     model_options: dict[str, Any] | None = None,
     base_options: dict[str, Any] | None = None,
-    mcq_source: str | None = None,
 ) -> Path | None:
     """Run the arms, then (on rank 0) write items.parquet/csv, summary.json, report.md and plots.
 
@@ -77,8 +79,7 @@ def measure(
     if "hearing" in diagnostics and "slm_speech" not in arms:
         raise XkdError("--diagnostics hearing probes the clips of the speech arm: use it with `gap`")
     speech_capable = {spec: _speech_capable(spec) for spec in (model, base) if spec}  # unknown names fail here
-    if mcq_source is None:
-        config, mcq_source = with_mcq_mode(config, model, base)
+    config = with_mcq_mode(config, model, base)
     timings: dict[str, float] = {}
     answered = 0
 
@@ -153,7 +154,6 @@ def measure(
         timings=timings,
         diagnostics=diag,
         hearing=hearing_rows,
-        mcq_source=mcq_source,
     )
 
 
@@ -220,7 +220,6 @@ def write_outputs(
     timings: dict[str, float] | None,
     diagnostics=None,
     hearing=(),
-    mcq_source: str | None = None,
 ) -> Path:
     """Write the tables, summary, report and plots; `timings` None leaves an earlier timings.json as it is.
 
@@ -248,7 +247,7 @@ def write_outputs(
     summary["settings"] = {
         "generation": config.settings.record(),
         "mcq_mode": config.mcq_mode,
-        **({"mcq_mode_source": mcq_source} if mcq_source else {}),
+        **({"mcq_mode_source": config.mcq_mode_source} if config.mcq_mode_source else {}),
         "compat": config.compat,
         "batch_size": config.batch_size,
         "limit": config.limit,

@@ -70,6 +70,11 @@ def _normalise(text: str) -> str:
     return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
 
 
+def option_lines(prompt: str) -> list[tuple[str, str]]:
+    """The prompt's "A. text" lines, as (letter, text), in the order written."""
+    return _OPTION_LINE.findall(prompt)
+
+
 def options_of(item: Item) -> dict[str, str]:
     """Letter -> option text, from ``choices``, else from the prompt: "A. ..." lines, or options written
     inline ("What do bees make? A. wax. B. milk. C. honey. D. sand.") whose markers can be told apart."""
@@ -118,7 +123,7 @@ def written_options(prompt: str, choices: tuple[str, ...] | list[str] = ()) -> W
 
     Option lines A, B, ... (two or more, once each, in order) are taken as they are. Otherwise the
     markers within the text are read ("Q? A. wax B. milk\nC. honey\nD. sand" included)."""
-    lines = _OPTION_LINE.findall(prompt)
+    lines = option_lines(prompt)
     letters = "".join(letter for letter, _ in lines)
     in_order = letters == LETTERS[: len(letters)]
     if len(lines) >= 2 and in_order:

@@ -173,8 +173,6 @@ def synthesize(
 
 # --- spoken versions of text tasks -------------------------------------------------------------------
 
-_OPTION_LINE = re.compile(r"^\s*\(?([A-D])[.):]\s+(.+?)\s*$")
-
 
 def spoken_text_of(item: Item) -> str:
     """What the speaker says: ``metadata['spoken_text']`` where set, else the prompt.
@@ -211,7 +209,9 @@ def _is_multiple_choice(item: Item) -> bool:
 
 
 def _read_options(prompt: str) -> list[tuple[str, str]]:
-    return [(m.group(1), m.group(2)) for m in map(_OPTION_LINE.match, prompt.splitlines()) if m]
+    from xkd_eval.scoring.mcq import option_lines
+
+    return option_lines(prompt)
 
 
 def _has_inline_options(prompt: str) -> bool:

@@ -118,6 +118,14 @@ LmEvalIncludeOpt = Annotated[
     Path | None, typer.Option(help="Folder of extra lm-eval task YAMLs for lm-eval/<task> (its --include_path).")
 ]
 DeviceOpt = Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda if available).")]
+TensorParallelOpt = Annotated[
+    int | None,
+    typer.Option(help="vllm: models: GPUs per engine (data parallel: one process per engine, RANK/WORLD_SIZE)."),
+]
+ApiBaseOpt = Annotated[
+    str | None, typer.Option(help="openai: models: the endpoint (default: OPENAI_BASE_URL, else OpenAI's API).")
+]
+ConcurrencyOpt = Annotated[int | None, typer.Option(help="openai: models: requests in flight at once (default 8).")]
 
 
 def _check_diagnostics(diagnostics: list[str]) -> None:
@@ -141,6 +149,9 @@ def _measurement_options(
     diagnostics: DiagOpt = [],  # noqa: B006 - typer reads the default
     device: DeviceOpt = None,
     lm_eval_include: LmEvalIncludeOpt = None,
+    tensor_parallel_size: TensorParallelOpt = None,
+    api_base: ApiBaseOpt = None,
+    max_concurrency: ConcurrencyOpt = None,
 ) -> None:
     """The options every measuring command takes, declared once (``measures`` adds them to a command)."""
 
@@ -163,7 +174,7 @@ def measures(func):
 
 def _measure(
     *, models, arms, out, task, limit, data_dir, mcq_mode, batch_size, max_new_tokens, compat, judge_url,
-    judge_model, diagnostics, device, lm_eval_include,
+    judge_model, diagnostics, device, lm_eval_include, tensor_parallel_size, api_base, max_concurrency,
 ) -> None:  # fmt: skip
     from xkd_eval.models.base import GenerationSettings
     from xkd_eval.runner.core import RunConfig
@@ -182,10 +193,18 @@ def _measure(
         judge=JudgeConfig(base_url=judge_url, model=judge_model) if judge_url else None,
         lm_eval_include=lm_eval_include,
     )
-    device_options = {"device": device} if device else None
+    from xkd_eval.models import options_for, unused_engine_options
+
+    given = {"device": device, "tensor_parallel_size": tensor_parallel_size, "api_base": api_base,
+             "max_concurrency": max_concurrency}  # fmt: skip
+    unused = unused_engine_options([models["model"], models.get("base")], given)
+    if unused:
+        flags = ", ".join("--" + name.replace("_", "-") for name in unused)
+        fail(f"only vllm: and openai: models take {flags}, and neither --model nor --base is one of them")
     written = measure(
         model=models["model"], base=models.get("base"), tasks=task, arms=arms, config=config,
-        diagnostics=diagnostics, model_options=device_options, base_options=device_options,
+        diagnostics=diagnostics, model_options=options_for(models["model"], given),
+        base_options=options_for(models["base"], given) if models.get("base") else None,
     )  # fmt: skip
     if written is not None:
         _print_summary(written)

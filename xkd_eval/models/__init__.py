@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,8 @@ ADAPTERS.add("voxtral", "xkd_eval.models.voxtral:VoxtralAdapter")
 ADAPTERS.add("qwen2.5-omni", "xkd_eval.models.qwen_omni:QwenOmniThinkerAdapter")
 ADAPTERS.add("audioflamingo3", "xkd_eval.models.audioflamingo3:AudioFlamingo3Adapter")
 ADAPTERS.add("cascade", "xkd_eval.models.cascade:CascadeAdapter")
+ADAPTERS.add("vllm", "xkd_eval.models.vllm_engine:VLLMAdapter")
+ADAPTERS.add("openai", "xkd_eval.models.openai_api:OpenAIAdapter")
 
 # config.model_type -> adapter, for bare ids
 MODEL_TYPES: dict[str, str] = {
@@ -52,20 +54,28 @@ class NamedModel:
     # settings that fit the model, used unless the command sets them, e.g. {"mcq_mode": "cloze"} for a model
     # too small to answer with a letter; reports say which applied
     recommended: Mapping[str, Any] = field(default_factory=dict)
+    # name -> (a stock folder serving engines load, the revision its results are keyed by), for `vllm:NAME`
+    served: str | Callable[[str], tuple[Path, str]] | None = None
 
 
 _SMALL = {"mcq_mode": "cloze"}  # a 135M model ranks options well but cannot answer with a letter
+_SERVED = "xkd_eval.organism.export:served_named_model"
 NAMED_MODELS: Registry[NamedModel] = Registry("model")
 NAMED_MODELS.add(
-    "organism-base", NamedModel("xkd_eval.organism:load_organism_base", "xkd_eval.organism:smollm2_hf_dir", _SMALL)
+    "organism-base",
+    NamedModel("xkd_eval.organism:load_organism_base", "xkd_eval.organism:smollm2_hf_dir", _SMALL, _SERVED),
 )
 NAMED_MODELS.add(
-    "organism", NamedModel("xkd_eval.organism.trained:load_organism", "xkd_eval.organism.trained:organism_dir", _SMALL)
+    "organism",
+    NamedModel("xkd_eval.organism.trained:load_organism", "xkd_eval.organism.trained:organism_dir", _SMALL, _SERVED),
 )
 NAMED_MODELS.add(
     "organism-distilled",
     NamedModel(
-        "xkd_eval.organism.trained:load_organism_distilled", "xkd_eval.organism.trained:distilled_student_dir", _SMALL
+        "xkd_eval.organism.trained:load_organism_distilled",
+        "xkd_eval.organism.trained:distilled_student_dir",
+        _SMALL,
+        _SERVED,
     ),
 )
 
@@ -77,9 +87,53 @@ def named_model_folder(spec: str) -> Path | None:
     return Path(_resolve(NAMED_MODELS.get(spec).folder)())
 
 
+def served_model_folder(name: str) -> tuple[Path, str] | None:
+    """(stock folder, revision) a serving engine loads for a named model; None for names without one."""
+    if name not in NAMED_MODELS or NAMED_MODELS.get(name).served is None:
+        return None
+    folder, revision = _resolve(NAMED_MODELS.get(name).served)(name)
+    return Path(folder), revision
+
+
 def recommended_settings(spec: str) -> dict[str, Any]:
-    """The settings a named model recommends (empty for any other spec)."""
-    return dict(NAMED_MODELS.get(spec).recommended) if spec in NAMED_MODELS else {}
+    """The settings a named model recommends, served in-process too (``vllm:organism``); empty otherwise. An
+    ``openai:`` model is whatever its server serves under that name, so it gets none."""
+    name = spec.removeprefix("vllm:")
+    return dict(NAMED_MODELS.get(name).recommended) if name in NAMED_MODELS else {}
+
+
+def backend_of(spec: str) -> str:
+    """What computes a spec's answers (transformers, vllm, openai), decided without loading it."""
+    if spec in NAMED_MODELS:
+        return "transformers"
+    head, sep, _ = spec.partition(":")
+    return adapter_class(head).backend if sep and head in ADAPTERS else "transformers"
+
+
+# options only a serving backend takes (the CLI's --tensor-parallel-size, --api-base, --max-concurrency)
+ENGINE_OPTIONS: dict[str, tuple[str, ...]] = {
+    "vllm": ("tensor_parallel_size",),
+    "openai": ("api_base", "max_concurrency"),
+}
+
+
+def options_for(spec: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """The options given (None: not given) that the spec's backend takes: ``--api-base`` reaches an
+    ``openai:`` model and not the transformers base beside it."""
+    engine_only = {name for names in ENGINE_OPTIONS.values() for name in names}
+    own = ENGINE_OPTIONS.get(backend_of(spec), ())
+    return {k: v for k, v in options.items() if v is not None and (k not in engine_only or k in own)}
+
+
+def unused_engine_options(specs: Sequence[str | None], options: Mapping[str, Any]) -> list[str]:
+    """Engine options given that none of the specs' backends takes (a typo'd backend, a forgotten prefix)."""
+    backends = {backend_of(spec) for spec in specs if spec}
+    return [
+        name
+        for backend, names in ENGINE_OPTIONS.items()
+        for name in names
+        if options.get(name) is not None and backend not in backends
+    ]
 
 
 def adapter_class(name: str) -> type[ModelAdapter]:
@@ -137,14 +191,19 @@ __all__ = [
     "ADAPTERS",
     "MODEL_TYPES",
     "NAMED_MODELS",
+    "ENGINE_OPTIONS",
     "NamedModel",
     "SPEECH_INSTRUCTION",
     "GenerationSettings",
     "ModelAdapter",
     "Query",
     "adapter_class",
+    "backend_of",
     "load_model",
     "named_model_folder",
+    "options_for",
     "recommended_settings",
     "resolve_adapter",
+    "served_model_folder",
+    "unused_engine_options",
 ]

@@ -60,7 +60,11 @@ class ModelAdapter(abc.ABC):
     """One model behind the common interface. Subclasses register under ``adapter``."""
 
     adapter: ClassVar[str]
-    supports_audio: ClassVar[bool] = False
+    supports_audio: ClassVar[bool | None] = False  # None: the served model decides (known once loaded)
+    backend: ClassVar[str] = "transformers"  # what computes the answers (recorded in summary.json)
+    # the engine schedules its own batches (continuous batching, requests in flight): the runner hands it at
+    # least this many items at a time, whatever --batch-size says (answers do not depend on it)
+    engine_batch: ClassVar[int] = 1
 
     def __init__(self, model_id: str, *, revision: str | None = None) -> None:
         self.model_id = model_id
@@ -101,6 +105,11 @@ class ModelAdapter(abc.ABC):
 
     def vocabulary(self) -> dict[str, int] | None:
         """token -> id, for checks that two models share a vocabulary; None when not applicable."""
+        return None
+
+    def check_can_rank(self, mcq_mode: str) -> None:
+        """Raise before any item is asked if this model cannot score options by log-likelihood (a local model
+        always can)."""
         return None
 
     def check_can_take_audio(self) -> None:

@@ -29,6 +29,15 @@ def pick_dtype(device: str, dtype: str | None = None):
     return torch.float32
 
 
+def suffix_ids(tokenizer: Any, prompt: str, suffix: str) -> list[int]:
+    """Token ids the suffix adds after the prompt (tokenised jointly, as the model will see it)."""
+    whole = tokenizer(prompt + suffix, add_special_tokens=False)["input_ids"]
+    head = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    if whole[: len(head)] != head:  # a merge across the boundary: fall back to separate pieces
+        return tokenizer(suffix, add_special_tokens=False)["input_ids"]
+    return whole[len(head) :]
+
+
 class HFChatAdapter(ModelAdapter):
     """A transformers model with a chat template. Subclasses load the model and build batches."""
 
@@ -61,9 +70,14 @@ class HFChatAdapter(ModelAdapter):
     def tokenizer(self):
         """The text tokenizer (for suffix lengths, decoding, vocabulary)."""
 
+    @classmethod
     @abc.abstractmethod
+    def chat_messages(cls, query: Query) -> list[dict[str, Any]]:
+        """The chat messages for one query (a class method: serving backends render the same turns without
+        loading the weights)."""
+
     def messages(self, query: Query) -> list[dict[str, Any]]:
-        """The chat messages for one query."""
+        return self.chat_messages(query)
 
     @abc.abstractmethod
     def encode(self, prompts: list[str], queries: Sequence[Query]) -> dict[str, Any]:
@@ -144,13 +158,7 @@ class HFChatAdapter(ModelAdapter):
         return [text.strip() for text in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
 
     def _suffix_ids(self, prompt: str, suffix: str) -> list[int]:
-        """Token ids the suffix adds after the prompt (tokenised jointly, as the model will see it)."""
-        tok = self.tokenizer
-        whole = tok(prompt + suffix, add_special_tokens=False)["input_ids"]
-        head = tok(prompt, add_special_tokens=False)["input_ids"]
-        if whole[: len(head)] != head:  # a merge across the boundary: fall back to separate pieces
-            return tok(suffix, add_special_tokens=False)["input_ids"]
-        return whole[len(head) :]
+        return suffix_ids(self.tokenizer, prompt, suffix)
 
     def continuation_logits(self, queries: Sequence[Query], continuations: Sequence[str]):
         if not queries:

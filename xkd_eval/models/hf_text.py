@@ -28,7 +28,8 @@ class HFTextAdapter(HFChatAdapter):
             tokenizer.pad_token = tokenizer.eos_token
         return tokenizer
 
-    def messages(self, query: Query) -> list[dict[str, Any]]:
+    @classmethod
+    def chat_messages(cls, query: Query) -> list[dict[str, Any]]:
         return [{"role": "user", "content": query.text}]
 
     def encode(self, prompts: list[str], queries: Sequence[Query]) -> dict[str, Any]:

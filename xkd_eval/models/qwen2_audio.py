@@ -62,13 +62,15 @@ class ProcessorSpeechAdapter(HFChatAdapter):
     def tokenizer(self):
         return self.processor.tokenizer
 
-    def audio_part(self, query: Query) -> dict[str, Any]:
-        return {"type": "audio", self.audio_key: f"{query.item_id}.wav"}
+    @classmethod
+    def audio_part(cls, query: Query) -> dict[str, Any]:
+        return {"type": "audio", cls.audio_key: f"{query.item_id}.wav"}
 
-    def messages(self, query: Query) -> list[dict[str, Any]]:
-        turns = self.conversation(query.text)
+    @classmethod
+    def chat_messages(cls, query: Query) -> list[dict[str, Any]]:
+        turns = cls.conversation(query.text)
         if query.audio is not None:
-            turns[-1]["content"].insert(0, self.audio_part(query))
+            turns[-1]["content"].insert(0, cls.audio_part(query))
         return turns
 
     @staticmethod

@@ -11,30 +11,17 @@ of ``[AUDIO]`` shown as one placeholder.
 
 from __future__ import annotations
 
-import base64
-import io
 import re
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
-
-from xkd_eval.audio import TARGET_SAMPLE_RATE
+from xkd_eval.audio import wav_base64
 from xkd_eval.errors import XkdError
 from xkd_eval.models.base import Query
 from xkd_eval.models.hf import pick_dtype
 from xkd_eval.models.qwen2_audio import ProcessorSpeechAdapter
 
 AUDIO_RUN = re.compile(r"(?:\[AUDIO\])+")
-
-
-def wav_base64(audio: np.ndarray, rate: int = TARGET_SAMPLE_RATE) -> str:
-    """Lossless (float32 WAV) base64 encoding of a mono waveform, the form mistral-common takes audio in."""
-    import soundfile as sf
-
-    buffer = io.BytesIO()
-    sf.write(buffer, np.asarray(audio, dtype=np.float32), rate, format="WAV", subtype="FLOAT")
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 def require_mistral_common() -> None:
@@ -66,7 +53,8 @@ class VoxtralAdapter(ProcessorSpeechAdapter):
         )
         return model.to(device), processor
 
-    def audio_part(self, query: Query) -> dict[str, Any]:
+    @classmethod
+    def audio_part(cls, query: Query) -> dict[str, Any]:
         return {"type": "audio", "base64": wav_base64(query.audio)}
 
     def render_prompt(self, query: Query) -> str:

@@ -32,6 +32,37 @@ QWEN2_FIELDS = (
 )  # fmt: skip
 
 
+def named_revision(name: str) -> str:
+    """What the named model's results are keyed by (its pinned package, or its adapter's hash)."""
+    from xkd_eval.organism import BASE_REVISION
+    from xkd_eval.organism.trained import adapter_hash, distilled_adapter_hash
+
+    revisions = {
+        "organism-base": lambda: BASE_REVISION,
+        "organism": lambda: f"organism-adapter sha256:{adapter_hash()}",
+        "organism-distilled": lambda: f"organism-distilled adapter sha256:{distilled_adapter_hash()}",
+    }
+    if name not in revisions:
+        raise UnknownNameError(unknown_name_message("exportable model", name, EXPORTABLE))
+    return revisions[name]()
+
+
+def served_named_model(name: str) -> tuple[Path, str]:
+    """(a stock folder a serving engine loads, the named model's revision): exported once into the cache, in a
+    folder named by the revision, so a retrained adapter is exported afresh and an old export never serves it."""
+    import hashlib
+
+    from xkd_eval.io import cache_root
+
+    revision = named_revision(name)
+    folder = cache_root() / "exported" / f"{name}-{hashlib.sha256(revision.encode()).hexdigest()[:12]}"
+    if not (folder / EXPORT_RECORD).is_file():
+        if folder.exists():  # an export interrupted before it was published leaves nothing here; anything else
+            shutil.rmtree(folder)  # is a stale copy of ours
+        export_named_model(name, folder)
+    return folder, revision
+
+
 def export_named_model(name: str, out: str | os.PathLike) -> Path:
     """Write the named model ``name`` into ``out`` (a new or empty folder) as a stock checkpoint."""
     from xkd_eval.models import named_model_folder
@@ -97,10 +128,11 @@ def _export_speech_llm(folder: Path, out: Path) -> dict[str, Any]:
     with torch.no_grad():
         for key in missing:
             parameters[key].zero_()
-    difference = _logit_difference(source, exported, processor.tokenizer)
     exported.save_pretrained(str(out))
     processor.save_pretrained(str(out))
     _check_stock_keys(out)
+    written = Qwen2AudioForConditionalGeneration.from_pretrained(str(out), dtype="float32").eval()
+    difference = _logit_difference(source, written, processor.tokenizer)  # what a loader reads, not what we held
     return {"language_model": "qwen2", "zero_biases": len(missing), "max_logit_difference": difference}
 
 
@@ -131,16 +163,41 @@ def _logit_difference(source: Any, exported: Any, tokenizer: Any) -> float:
     return difference
 
 
-def _check_stock_keys(out: Path) -> None:
-    from safetensors import safe_open
+# what some transformers releases write for Qwen2-Audio's nested language model -> the stock checkpoint layout
+NESTED_KEYS = (
+    ("language_model.model.model.", "language_model.model."),
+    ("language_model.model.lm_head.", "language_model.lm_head."),
+)
 
-    keys: list[str] = []
+
+def _stock_key(key: str) -> str:
+    for nested, stock in NESTED_KEYS:
+        if key.startswith(nested):
+            return stock + key[len(nested) :]
+    return key
+
+
+def _check_stock_keys(out: Path) -> None:
+    """Every weight under a stock name: keys a transformers release nested are renamed in place (vLLM's loader
+    and other releases expect the stock layout); anything else outside it is an error."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
     for shard in sorted(out.glob("*.safetensors")):
         with safe_open(str(shard), "pt") as handle:
-            keys += list(handle.keys())
-    odd = [k for k in keys if not k.startswith(STOCK_PREFIXES) or k.startswith("language_model.model.model.")]
-    if odd:
-        raise XkdError(f"the written checkpoint has keys outside the stock layout (e.g. {odd[:3]})")
+            keys, metadata = list(handle.keys()), handle.metadata()
+            renamed = {k: _stock_key(k) for k in keys}
+            if any(k != v for k, v in renamed.items()):
+                tensors = {renamed[k]: handle.get_tensor(k) for k in keys}
+                save_file(tensors, str(shard), metadata=metadata)
+                index = out / "model.safetensors.index.json"
+                if index.is_file():
+                    record = json.loads(index.read_text())
+                    record["weight_map"] = {_stock_key(k): v for k, v in record.get("weight_map", {}).items()}
+                    index.write_text(json.dumps(record, indent=2))
+        odd = [v for v in renamed.values() if not v.startswith(STOCK_PREFIXES)]
+        if odd:
+            raise XkdError(f"the written checkpoint has keys outside the stock layout (e.g. {odd[:3]})")
 
 
 __all__ = ["EXPORTABLE", "export_named_model", "qwen2_text_config"]

@@ -27,6 +27,13 @@ COMPARISON_ARMS = {"forgetting": ("base_text", "slm_text"), "gap": ("slm_text", 
 MAX_FAILED_LISTED = 200
 
 
+def _backend_line(backends: Mapping[str, str]) -> list[str]:
+    """Where the answers came from, when not all from transformers in this process."""
+    if set(backends.values()) <= {"transformers"}:
+        return []
+    return ["- **Backends**: " + ", ".join(f"{role} through {name}" for role, name in backends.items())]
+
+
 def _mcq_mode_line(settings: Mapping[str, Any]) -> list[str]:
     mode, source = settings.get("mcq_mode"), settings.get("mcq_mode_source")
     if not mode:
@@ -50,6 +57,7 @@ def write_report(run_dir: str | Path) -> Path:
         f"- **Base text LLM** (`base_text`): {_code(summary.get('base'))}",
         f"- **Tasks**: {len(tasks)}; {len(items)} result rows in `items.parquet`",
         *_mcq_mode_line(summary.get("settings") or {}),
+        *_backend_line(summary.get("backends") or {}),
         "",
         "Scores are percentages for binary scorers (an answer that could not be extracted counts as wrong;",
         "the extraction-failure rate is reported) and mean 1–5 ratings for judge-scored tasks. Intervals",
@@ -97,10 +105,11 @@ def compare_runs(run_dirs: Sequence[str | Path], out_dir: str | Path) -> Path:
     lines = [
         "# xkd-eval comparison",
         "",
-        "| run | speech LLM | base text LLM | directory |",
-        "|---|---|---|---|",
+        "| run | speech LLM | base text LLM | backends | directory |",
+        "|---|---|---|---|---|",
         *(
-            f"| {_cell(label)} | {_code(s.get('model'))} | {_code(s.get('base'))} | `{d}` |"
+            f"| {_cell(label)} | {_code(s.get('model'))} | {_code(s.get('base'))} | "
+            f"{_cell(', '.join(sorted(set((s.get('backends') or {}).values()))) or '—')} | `{d}` |"
             for label, s, d in zip(labels, summaries, dirs, strict=True)
         ),
         "",
@@ -135,6 +144,7 @@ def compare_runs(run_dirs: Sequence[str | Path], out_dir: str | Path) -> Path:
         if len(counts) > 1:
             lines += ["", f"Note: the runs scored different numbers of items ({', '.join(map(str, sorted(counts)))})."]
         lines.append("")
+    lines += _agreement_section(labels, dirs)
     path = out / "compare.md"
     atomic_write_text(path, "\n".join(lines).rstrip() + "\n")
     return path
@@ -306,6 +316,38 @@ def _load_summary(run: Path) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: is {run} an xkd-eval run directory?")
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+SHOWN_DIFFERENCES = 20
+
+
+def _agreement_section(labels: Sequence[str], dirs: Sequence[Path]) -> list[str]:
+    """Each later run's responses against the first's, item by item, where they answered the same items."""
+    import pandas as pd
+
+    from xkd_eval.report.agreement import response_agreement
+
+    first = pd.read_parquet(dirs[0] / "items.parquet")
+    lines: list[str] = []
+    for label, folder in zip(labels[1:], dirs[1:], strict=True):
+        arms = response_agreement(first, pd.read_parquet(folder / "items.parquet"))
+        if not arms:
+            continue
+        lines += [
+            f"## Item by item: {_cell(label)} against {_cell(labels[0])}",
+            "",
+            "| task | arm | items in both | equal responses |",
+            "|---|---|---:|---:|",
+            *(f"| {a.task} | `{a.arm}` | {a.n} | {a.equal} ({100 * a.share:.1f}%) |" for a in arms),
+            "",
+        ]
+        differing = [(a, *d) for a in arms for d in a.differing]
+        for arm, item, one, other in differing[:SHOWN_DIFFERENCES]:
+            lines.append(f"- {arm.task} `{arm.arm}` {item}: {_cell(repr(one))} vs {_cell(repr(other))}")
+        if len(differing) > SHOWN_DIFFERENCES:
+            lines.append(f"- … {len(differing) - SHOWN_DIFFERENCES} more (compare the runs' items.parquet)")
+        lines.append("")
+    return lines
 
 
 def _run_labels(dirs: Sequence[Path]) -> list[str]:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from xkd_eval.audio import load_all_audio, samples_digest
-from xkd_eval.errors import DataFormatError, XkdError
+from xkd_eval.errors import DataFormatError, EndpointError, PartialFailure, XkdError
 from xkd_eval.models.base import SPEECH_INSTRUCTION, GenerationSettings, ModelAdapter, Query
 from xkd_eval.records import QUESTION_AUDIO, AudioRef, Item, Score
 from xkd_eval.runner.store import ResultStore, result_key
@@ -258,9 +258,16 @@ def run_arm(
 
     # longest first: similar lengths share a batch, and a memory error shows up at once
     pending.sort(key=lambda p: -(p[1].audio.size if p[1].audio is not None else len(p[3])))
-    for start in range(0, len(pending), config.batch_size):
-        batch = pending[start : start + config.batch_size]
-        records = _answer_batch(model, batch, config, identity)
+    if any(options is not None for _, _, options, _, _ in pending):
+        model.check_can_rank(config.mcq_mode)  # before any item is asked
+    step = max(config.batch_size, model.engine_batch)  # an engine batches the requests itself
+    for start in range(0, len(pending), step):
+        batch = pending[start : start + step]
+        try:
+            records = _answer_batch(model, batch, config, identity)
+        except BatchAborted as aborted:  # keep what the engine answered before it went away
+            store.append(r for r in aborted.records if r.get("error") is None)
+            raise aborted.cause from None
         store.append(r for r in records if r.get("error") is None)
         for (item, *_), record in zip(batch, records, strict=True):
             rows.append(_row(run, item, arm, model_name, record, config))
@@ -271,10 +278,21 @@ def run_arm(
     return rows
 
 
+class BatchAborted(Exception):
+    """The engine cannot go on (``EndpointError``) after answering part of a batch: ``records`` holds what was
+    answered, to be saved before the run stops."""
+
+    def __init__(self, records: list[dict[str, Any]], cause: EndpointError) -> None:
+        super().__init__(str(cause))
+        self.records, self.cause = records, cause
+
+
 def _answer_batch(model: ModelAdapter, batch, config: RunConfig, identity) -> list[dict[str, Any]]:
     """Answer a batch; if it fails, answer item by item so one bad item does not sink the rest."""
     try:
         return _answer(model, batch, config, identity)
+    except (BatchAborted, EndpointError):
+        raise
     except Exception as exc:  # any model failure: isolate it
         if len(batch) == 1:
             item, query, options, prompt, key = batch[0]
@@ -283,25 +301,42 @@ def _answer_batch(model: ModelAdapter, batch, config: RunConfig, identity) -> li
         return [r for one in batch for r in _answer_batch(model, [one], config, identity)]
 
 
+def _ask(call: Callable[[], list[Any]], size: int) -> tuple[list[Any], dict[int, str], EndpointError | None]:
+    """(answers, failed positions, a fatal error): an engine that reports failures per query keeps the rest."""
+    try:
+        return call(), {}, None
+    except PartialFailure as partial:
+        if len(partial.answers) != size:
+            raise
+        return partial.answers, partial.failures, partial.fatal
+
+
 def _answer(model: ModelAdapter, batch, config: RunConfig, identity) -> list[dict[str, Any]]:
     started = time.perf_counter()
     ranked = [b for b in batch if b[2] is not None]
     free = [b for b in batch if b[2] is None]
     answers: dict[str, dict[str, Any]] = {}
+    fatal: EndpointError | None = None
     if free:
-        responses = model.generate([b[1] for b in free], config.settings)
-        for (item, *_), response in zip(free, responses, strict=True):
-            answers[item.id] = {"response": response, "mcq_mode": "generate"}
-    if ranked:
+        responses, failures, fatal = _ask(lambda: model.generate([b[1] for b in free], config.settings), len(free))
+        for at, ((item, *_), response) in enumerate(zip(free, responses, strict=True)):
+            answers[item.id] = {"error": failures[at]} if at in failures else {"response": response}
+            answers[item.id]["mcq_mode"] = "generate"
+    if ranked and fatal is None:
         queries, continuations = [], []
         for _, query, options, _, _ in ranked:
             queries.extend([query] * len(options.continuations))
             continuations.extend(options.continuations)
-        logprobs = model.continuation_logprobs(queries, continuations)
+        logprobs, failures, fatal = _ask(lambda: model.continuation_logprobs(queries, continuations), len(queries))
         at = 0
         for item, _, options, _, _ in ranked:
-            scores = logprobs[at : at + len(options.continuations)]
+            span = range(at, at + len(options.continuations))
             at += len(options.continuations)
+            failed = [failures[i] for i in span if i in failures]
+            if failed:
+                answers[item.id] = {"error": failed[0], "mcq_mode": config.mcq_mode}
+                continue
+            scores = [logprobs[i] for i in span]
             best = max(range(len(scores)), key=scores.__getitem__)
             answers[item.id] = {
                 "response": options.labels[best],
@@ -309,10 +344,17 @@ def _answer(model: ModelAdapter, batch, config: RunConfig, identity) -> list[dic
                 "option_logprobs": dict(zip(options.labels, scores, strict=True)),
             }
     latency = (time.perf_counter() - started) / len(batch)
-    return [
+    records = [
         {"key": key, "item_id": item.id, "prompt": prompt, "latency_s": latency, "model": identity, **answers[item.id]}
         for item, _, _, prompt, key in batch
+        if item.id in answers
     ]
+    if fatal is not None:
+        raise BatchAborted(records, fatal)
+    for record in records:
+        if record.get("error"):
+            log.warning("item %s failed: %s", record["item_id"], record["error"])
+    return records
 
 
 def score_response(scorer: ScorerSpec, item: Item, response: str, config: RunConfig) -> Score:

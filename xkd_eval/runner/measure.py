@@ -228,6 +228,7 @@ def write_outputs(
     import pandas as pd
 
     from xkd_eval.analysis import build_summary, write_tables
+    from xkd_eval.models import backend_of
     from xkd_eval.report import write_report
 
     out = Path(config.out_dir)
@@ -244,6 +245,7 @@ def write_outputs(
     table = pd.DataFrame(sorted(rows, key=canonical))
     breakdowns = {run.spec.name: list(run.breakdowns) for run in runs}
     summary = build_summary(table, model=model, base=base, breakdowns=breakdowns)
+    summary["backends"] = {role: backend_of(spec) for role, spec in (("model", model), ("base", base)) if spec}
     summary["settings"] = {
         "generation": config.settings.record(),
         "mcq_mode": config.mcq_mode,

@@ -1,0 +1,88 @@
+"""The serving backends' parts that need no engine: names, devices per rank, backends on record, the stock
+checkpoint layout, and the item-by-item comparison of two runs."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from xkd_eval.errors import XkdError
+from xkd_eval.models import backend_of, load_model, recommended_settings
+from xkd_eval.models.vllm_engine import visible_devices
+from xkd_eval.report.agreement import response_agreement
+
+
+def test_backends_are_known_without_loading():
+    assert backend_of("vllm:organism") == "vllm"
+    assert backend_of("openai:gpt-4o-audio-preview") == "openai"
+    assert backend_of("organism") == "transformers"
+    assert backend_of("hf-text:HuggingFaceTB/SmolLM2-135M-Instruct") == "transformers"
+
+
+def test_a_named_model_served_in_process_keeps_its_recommendation():
+    assert recommended_settings("vllm:organism") == {"mcq_mode": "cloze"} == recommended_settings("organism")
+    assert recommended_settings("openai:organism") == {}  # whatever that server serves under the name
+
+
+def test_each_data_parallel_rank_gets_its_own_gpus():
+    assert visible_devices(0, 1, "0,1,2,3") == "0"
+    assert visible_devices(1, 2, "0,1,2,3") == "2,3"
+    assert visible_devices(1, 1, "4,5") == "5"
+    with pytest.raises(XkdError, match="rank 2 needs GPUs 4..5"):
+        visible_devices(2, 2, "0,1,2,3")
+
+
+def test_vllm_missing_is_one_line_with_what_to_install():
+    pytest.importorskip("transformers")
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        with pytest.raises(XkdError, match=r"pip install 'xkd-eval\[vllm\]'.*make serving-env"):
+            load_model("vllm:organism")
+    else:  # pragma: no cover - .venv-serving
+        pytest.skip("vLLM is installed here")
+
+
+def test_nested_language_model_keys_are_written_in_the_stock_layout(tmp_path):
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from xkd_eval.organism.export import _check_stock_keys
+
+    weights = {
+        "language_model.model.model.layers.0.mlp.up_proj.weight": torch.ones(2, 2),
+        "language_model.model.lm_head.weight": torch.zeros(3, 2),
+        "audio_tower.conv1.weight": torch.full((1,), 2.0),
+    }
+    save_file(weights, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
+    _check_stock_keys(tmp_path)
+    with safe_open(str(tmp_path / "model.safetensors"), "pt") as handle:
+        keys = sorted(handle.keys())
+        assert torch.equal(handle.get_tensor("language_model.lm_head.weight"), torch.zeros(3, 2))
+    assert keys == [
+        "audio_tower.conv1.weight",
+        "language_model.lm_head.weight",
+        "language_model.model.layers.0.mlp.up_proj.weight",
+    ]
+    save_file({"vision_tower.x": torch.ones(1)}, str(tmp_path / "model.safetensors"))
+    with pytest.raises(XkdError, match="outside the stock layout"):
+        _check_stock_keys(tmp_path)
+
+
+def rows(responses: dict[str, str | None], arm: str = "slm_speech") -> pd.DataFrame:
+    return pd.DataFrame(
+        [
+            {"task": "t", "arm": arm, "item_id": item, "response": response, "error": None if response else "failed"}
+            for item, response in responses.items()
+        ]
+    )
+
+
+def test_two_runs_agree_item_by_item():
+    first = pd.concat([rows({"1": "B", "2": "C", "3": "A", "4": None}), rows({"1": "yes"}, arm="slm_text")])
+    second = pd.concat([rows({"1": " B", "2": "D", "3": "A", "4": "A", "5": "B"}), rows({"1": "no"}, arm="slm_text")])
+    speech, text = response_agreement(first, second)
+    # items 4 (failed in the first run) and 5 (not in it) are not compared; surrounding space is not a difference
+    assert (speech.arm, speech.n, speech.equal, speech.differing) == ("slm_speech", 3, 2, (("2", "C", "D"),))
+    assert (text.n, text.equal, text.share) == (1, 0, 0.0)

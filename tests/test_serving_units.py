@@ -86,3 +86,32 @@ def test_two_runs_agree_item_by_item():
     # items 4 (failed in the first run) and 5 (not in it) are not compared; surrounding space is not a difference
     assert (speech.arm, speech.n, speech.equal, speech.differing) == ("slm_speech", 3, 2, (("2", "C", "D"),))
     assert (text.n, text.equal, text.share) == (1, 0, 0.0)
+
+
+def test_an_engines_top_k_becomes_the_teacher_caches_top_k():
+    import torch
+
+    from xkd_eval.distill.teacher_cache import topk_of_positions
+
+    positions = [
+        # the actual token (id 9, rank 5) comes beside the top 2; id 50 is outside the shared vocabulary
+        {3: (-0.1, 1), 7: (-2.5, 2), 9: (-6.0, 5)},
+        {50: (-0.2, 1), 4: (-1.9, 2), 1: (-3.0, 3)},
+    ]
+    top = topk_of_positions(positions, k=2, shared_size=49)
+    assert top.indices.tolist() == [[3, 7], [4, 0]]
+    assert top.values[0].tolist() == pytest.approx([-0.1, -2.5])
+    assert top.values[1, 0].item() == pytest.approx(-1.9) and top.values[1, 1].item() == float("-inf")
+    with pytest.raises(XkdError, match="none of the engine's top-2"):
+        topk_of_positions([{60: (-0.1, 1)}], k=2, shared_size=49)
+    assert torch.isfinite(top.values).sum() == 3
+
+
+def test_a_vllm_teacher_needs_a_cached_top_k():
+    from xkd_eval.distill.config import KDConfig
+
+    assert KDConfig(teacher_backend="vllm", top_k=64).teacher_backend == "vllm"
+    with pytest.raises(XkdError, match="needs teacher_mode: cached and a top_k"):
+        KDConfig(teacher_backend="vllm", top_k=None)
+    with pytest.raises(XkdError, match="teacher_backend must be one of transformers, vllm"):
+        KDConfig(teacher_backend="sglang")

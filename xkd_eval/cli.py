@@ -125,6 +125,9 @@ TensorParallelOpt = Annotated[
 ApiBaseOpt = Annotated[
     str | None, typer.Option(help="openai: models: the endpoint (default: OPENAI_BASE_URL, else OpenAI's API).")
 ]
+BaseApiBaseOpt = Annotated[
+    str | None, typer.Option(help="openai: base model served elsewhere: its endpoint (default: --api-base's).")
+]
 ConcurrencyOpt = Annotated[int | None, typer.Option(help="openai: models: requests in flight at once (default 8).")]
 
 
@@ -151,6 +154,7 @@ def _measurement_options(
     lm_eval_include: LmEvalIncludeOpt = None,
     tensor_parallel_size: TensorParallelOpt = None,
     api_base: ApiBaseOpt = None,
+    base_api_base: BaseApiBaseOpt = None,
     max_concurrency: ConcurrencyOpt = None,
 ) -> None:
     """The options every measuring command takes, declared once (``measures`` adds them to a command)."""
@@ -174,7 +178,8 @@ def measures(func):
 
 def _measure(
     *, models, arms, out, task, limit, data_dir, mcq_mode, batch_size, max_new_tokens, compat, judge_url,
-    judge_model, diagnostics, device, lm_eval_include, tensor_parallel_size, api_base, max_concurrency,
+    judge_model, diagnostics, device, lm_eval_include, tensor_parallel_size, api_base, base_api_base,
+    max_concurrency,
 ) -> None:  # fmt: skip
     from xkd_eval.models.base import GenerationSettings
     from xkd_eval.runner.core import RunConfig
@@ -193,7 +198,7 @@ def _measure(
         judge=JudgeConfig(base_url=judge_url, model=judge_model) if judge_url else None,
         lm_eval_include=lm_eval_include,
     )
-    from xkd_eval.models import options_for, unused_engine_options
+    from xkd_eval.models import backend_of, options_for, unused_engine_options
 
     given = {"device": device, "tensor_parallel_size": tensor_parallel_size, "api_base": api_base,
              "max_concurrency": max_concurrency}  # fmt: skip
@@ -201,10 +206,13 @@ def _measure(
     if unused:
         flags = ", ".join("--" + name.replace("_", "-") for name in unused)
         fail(f"only vllm: and openai: models take {flags}, and neither --model nor --base is one of them")
+    if base_api_base and backend_of(models.get("base") or "") != "openai":
+        fail("--base-api-base is the endpoint of an openai: --base; the base here is not one")
     written = measure(
         model=models["model"], base=models.get("base"), tasks=task, arms=arms, config=config,
         diagnostics=diagnostics, model_options=options_for(models["model"], given),
-        base_options=options_for(models["base"], given) if models.get("base") else None,
+        base_options=options_for(models["base"], given | {"api_base": base_api_base or api_base})
+        if models.get("base") else None,
     )  # fmt: skip
     if written is not None:
         _print_summary(written)

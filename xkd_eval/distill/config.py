@@ -221,6 +221,7 @@ class TrainConfig(RecipeConfig):
 
 TARGETS = ("data", "teacher", "data_else_teacher")
 TEACHER_MODES = ("cached", "on_the_fly")
+TEACHER_BACKENDS = ("transformers", "vllm")
 FEATURE_MODES = ("cached", "on_the_fly")
 
 
@@ -257,6 +258,9 @@ class KDConfig(TrainConfig):
     top_k: int | None = 64  # teacher cache: top-k logits (None = exact full vocabulary)
     teacher_mode: str = "cached"  # "cached" (precomputed, teacher unloaded) or "on_the_fly" (resident)
     teacher_batch_size: int = 8  # batch of the teacher's target generation and logits pass
+    # what fills the top-k teacher cache: "transformers" (the teacher's logits), or "vllm" (its top-k
+    # log-probabilities from vLLM's prompt_logprobs, the same cache format; needs vLLM and a cached top_k)
+    teacher_backend: str = "transformers"
     # --- schedule (max_steps None = epochs × (examples // batch_size) / grad_accum)
     cosine: bool = True  # cosine decay to 0 after warmup (False: linear)
     epochs: float = 1.0
@@ -306,6 +310,14 @@ class KDConfig(TrainConfig):
                 )
         need(self.top_k is None or self.top_k >= 1, "top_k must be >= 1 or null (full vocabulary)")
         need(self.teacher_mode in TEACHER_MODES, f"teacher_mode must be one of {', '.join(TEACHER_MODES)}")
+        need(
+            self.teacher_backend in TEACHER_BACKENDS,
+            f"teacher_backend must be one of {', '.join(TEACHER_BACKENDS)}",
+        )
+        need(
+            self.teacher_backend != "vllm" or (self.teacher_mode == "cached" and self.top_k is not None),
+            "teacher_backend: vllm fills the top-k teacher cache: it needs teacher_mode: cached and a top_k",
+        )
         need(self.feature_mode in FEATURE_MODES, f"feature_mode must be one of {', '.join(FEATURE_MODES)}")
         need(self.epochs > 0, "epochs must be > 0")
         need(0 <= self.eval_fraction < 1, "eval_fraction must be in [0, 1)")

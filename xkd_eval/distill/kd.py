@@ -567,7 +567,7 @@ def data_stage(run: DistillRun, data: str) -> None:
 def teacher_cache_stage(run: DistillRun) -> None:
     """The teacher's logits over every response, computed once into the disk cache (top-k or the full
     vocabulary), then the teacher unloaded; ``teacher_mode: on_the_fly`` keeps it resident instead."""
-    from xkd_eval.distill.teacher_cache import TeacherCache, fill_teacher_cache
+    from xkd_eval.distill.teacher_cache import TeacherCache, fill_teacher_cache, fill_teacher_cache_vllm
     from xkd_eval.models.encoder import progress_bar
 
     config = run.config
@@ -575,13 +575,22 @@ def teacher_cache_stage(run: DistillRun) -> None:
         run.resident = run.t_model
         return
     started = time.perf_counter()
-    cache = TeacherCache(run.cache_root / "teacher", run.identity, config.top_k, run.shared)
     everything = run.items
-    with progress_bar(len(everything), "teacher logits", run.progress) as advance:
-        logits = fill_teacher_cache(
-            cache, run.t_model, [i.teacher_prompt for i in everything], [i.response_ids for i in everything],
-            pad_id=run.t_pad, batch_size=config.teacher_batch_size, progress=advance,
-        )  # fmt: skip
+    prompts, responses = [i.teacher_prompt for i in everything], [i.response_ids for i in everything]
+    if config.teacher_backend == "vllm":
+        # an engine's log-probabilities, not our logits: their own entries, never mixed with the HF teacher's
+        cache = TeacherCache(run.cache_root / "teacher", f"{run.identity}+vllm", config.top_k, run.shared)
+        run.t_model = None  # the engine takes the memory
+        gc.collect()
+        with progress_bar(len(everything), "teacher top-k (vLLM)", run.progress) as advance:
+            logits = fill_teacher_cache_vllm(cache, run.teacher, prompts, responses, progress=advance)
+    else:
+        cache = TeacherCache(run.cache_root / "teacher", run.identity, config.top_k, run.shared)
+        with progress_bar(len(everything), "teacher logits", run.progress) as advance:
+            logits = fill_teacher_cache(
+                cache, run.t_model, prompts, responses, pad_id=run.t_pad, batch_size=config.teacher_batch_size,
+                progress=advance,
+            )  # fmt: skip
     for item, value in zip(everything, logits, strict=True):
         item.teacher = value
     run.figures["teacher_cache"] = {**cache.stats, "seconds": round(time.perf_counter() - started, 1)}

@@ -75,6 +75,18 @@ class TeacherCache:
             return TopK(data["values"], data["indices"].long())
         return data["logits"]
 
+    def put_topk(self, key: str, top: TopK) -> TopK:
+        """Store one example's top-k as given (an engine's log-probabilities: the loss renormalises over k)."""
+        from safetensors.torch import save
+
+        values = top.values.to(getattr(torch, self.dtype)).contiguous()
+        indices = top.indices.to(torch.int32).contiguous()
+        data = save({"values": values, "indices": indices}, metadata={"format": FORMAT, "identity": self.identity})
+        atomic_write_bytes(self.path(key), data)
+        self.stats["computed"] += 1
+        self.stats["bytes"] += len(data)
+        return TopK(values, indices.long())
+
     def put(self, key: str, logits: torch.Tensor) -> TopK | torch.Tensor:
         """Store one example's ``[R, V]`` response logits (reduced to top-k / the shared ids here)."""
         from safetensors.torch import save
@@ -150,4 +162,55 @@ def fill_teacher_cache(
     return out
 
 
-__all__ = ["TeacherCache", "fill_teacher_cache", "teacher_identity", "teacher_response_logits"]
+def topk_of_positions(positions: Sequence[dict[int, tuple[float, int | None]]], k: int, shared_size: int) -> TopK:
+    """An engine's per-position top-k (token id -> (log-probability, rank)) as a :class:`TopK` ``[R, k]``: the k
+    best ranks of each position, ids beyond the shared vocabulary dropped, short rows padded with ``-inf``."""
+    values = torch.full((len(positions), k), float("-inf"))
+    indices = torch.zeros((len(positions), k), dtype=torch.long)
+    for row, position in enumerate(positions):
+        ranked = sorted((rank, token, logprob) for token, (logprob, rank) in position.items() if rank is not None)
+        kept = [(token, logprob) for rank, token, logprob in ranked if rank <= k and token < shared_size][:k]
+        if not kept:
+            raise XkdError(f"response position {row}: none of the engine's top-{k} tokens is in the shared vocabulary")
+        for column, (token, logprob) in enumerate(kept):
+            values[row, column], indices[row, column] = logprob, token
+    return TopK(values, indices)
+
+
+def fill_teacher_cache_vllm(
+    cache: TeacherCache,
+    teacher: str,
+    prompts: Sequence[Sequence[int]],
+    responses: Sequence[Sequence[int]],
+    *,
+    progress: Callable[[int], None] | None = None,
+) -> list[TopK | torch.Tensor]:
+    """:func:`fill_teacher_cache` with the teacher in vLLM (``vllm:`` + the teacher's spec): the missing examples'
+    top-k from ``prompt_logprobs`` in one engine call (the engine batches), stored in the same format."""
+    from xkd_eval.models import load_model
+
+    keys = [cache.key(p, r) for p, r in zip(prompts, responses, strict=True)]
+    out: list[Any] = [cache.load(k) for k in keys]
+    cache.stats["reused"] += sum(x is not None for x in out)
+    missing = [i for i, x in enumerate(out) if x is None]
+    if missing:
+        engine = load_model(f"vllm:{teacher}", max_logprobs=cache.k)
+        try:
+            tops = engine.response_topk([prompts[i] for i in missing], [responses[i] for i in missing], cache.k)
+        finally:
+            engine.close()
+        for i, positions in zip(missing, tops, strict=True):
+            out[i] = cache.put_topk(keys[i], topk_of_positions(positions, cache.k, cache.shared_size))
+        if progress:
+            progress(len(missing))
+    return out
+
+
+__all__ = [
+    "TeacherCache",
+    "fill_teacher_cache",
+    "fill_teacher_cache_vllm",
+    "teacher_identity",
+    "teacher_response_logits",
+    "topk_of_positions",
+]

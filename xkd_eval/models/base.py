@@ -107,6 +107,10 @@ class ModelAdapter(abc.ABC):
         """token -> id, for checks that two models share a vocabulary; None when not applicable."""
         return None
 
+    def close(self) -> None:
+        """Give back what the model holds beyond its memory (an engine's processes); a no-op for most."""
+        return None
+
     def check_can_rank(self, mcq_mode: str) -> None:
         """Raise before any item is asked if this model cannot score options by log-likelihood (a local model
         always can)."""

@@ -128,6 +128,12 @@ class VLLMAdapter(ModelAdapter):
         log.info("starting vLLM on %s (%s)", self.served.source, "GPU" if on_gpu else "CPU")
         return vllm.LLM(**options)
 
+    def close(self) -> None:
+        """Stop the engine's processes now (the next model may be another engine)."""
+        engine = getattr(getattr(self.llm, "llm_engine", None), "engine_core", None)
+        if engine is not None and hasattr(engine, "shutdown"):
+            engine.shutdown()
+
     def identity(self) -> dict[str, Any]:
         return super().identity() | {"backend": "vllm", "family": self.served.family, "dtype": self.dtype}
 
@@ -140,6 +146,15 @@ class VLLMAdapter(ModelAdapter):
             self.check_can_take_audio()
             request["multi_modal_data"] = {"audio": (query.audio, TARGET_SAMPLE_RATE)}
         return request
+
+    def _prompt_for_engine(self, query: Query) -> str | list[int]:
+        """A written query as the token ids the transformers backend feeds (no special tokens added to the
+        rendered template); a spoken one as text, which vLLM's processor expands around the clip as the
+        family's transformers processor does."""
+        prompt = self.render_prompt(query)
+        if query.audio is not None:
+            return prompt
+        return self.renderer.tokenizer(prompt, add_special_tokens=False)["input_ids"]
 
     def _check_heard(self, query: Query, prompt_token_ids: Sequence[int]) -> None:
         """A speech query whose processed prompt holds no audio token was answered without its clip."""
@@ -161,7 +176,7 @@ class VLLMAdapter(ModelAdapter):
             seed=settings.seed if settings.do_sample else None,
             skip_special_tokens=True,
         )
-        requests = [self._request(q, self.render_prompt(q)) for q in queries]
+        requests = [self._request(q, self._prompt_for_engine(q)) for q in queries]
         outputs = self.llm.generate(requests, params, use_tqdm=False)
         for query, output in zip(queries, outputs, strict=True):
             self._check_heard(query, output.prompt_token_ids)
@@ -216,6 +231,24 @@ class VLLMAdapter(ModelAdapter):
                 ids.append([token for _, token, _ in ranked])
                 values.append([logprob for _, _, logprob in ranked])
             out.append((torch.tensor(values), torch.tensor(ids), torch.tensor(suffix)))
+        return out
+
+    def response_topk(
+        self, prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], k: int
+    ) -> list[list[dict[int, tuple[float, int | None]]]]:
+        """Token-id prompts followed by their responses: per response token, the engine's top-``k`` prediction
+        of it (token id -> (log-probability, rank)), teacher-forced (what a teacher cache keeps)."""
+        from vllm import SamplingParams
+
+        if k > self.max_logprobs:
+            raise XkdError(f"top_k {k} exceeds the engine's max_logprobs {self.max_logprobs}; start it with more")
+        requests = [{"prompt_token_ids": [*p, *r]} for p, r in zip(prompts, responses, strict=True)]
+        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=k, detokenize=False)
+        outputs = self.llm.generate(requests, params, use_tqdm=False)
+        out = []
+        for prompt, response, output in zip(prompts, responses, outputs, strict=True):
+            positions = output.prompt_logprobs[len(prompt) : len(prompt) + len(response)]
+            out.append([{token: (lp.logprob, lp.rank) for token, lp in position.items()} for position in positions])
         return out
 
     def continuation_logits(self, queries: Sequence[Query], continuations: Sequence[str]):

@@ -446,6 +446,7 @@ def release(model: ModelAdapter | None) -> None:
     """Free a model's memory before the next one loads."""
     if model is None:
         return
+    model.close()
     del model
     gc.collect()
     try:

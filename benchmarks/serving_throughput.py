@@ -1,0 +1,177 @@
+"""Serving throughput: the organism's speech arm through transformers (batched), `vllm:` and `openai:` (a local
+vLLM server), in one run, on the same spoken items with the same greedy settings.
+
+    .venv-serving/bin/python benchmarks/serving_throughput.py [--items 64] [--max-new-tokens 32] [--batch-size 8]
+
+Every path runs in its own process; its peak memory is the highest resident memory of its process tree (the
+engine's processes and, for `openai:`, the server's included), sampled every 0.1 s. Items/s counts answering
+only: loading a model or starting an engine or a server is timed apart. Greedy agreement is each path's
+answers against transformers', item by item. The last line is JSON with ``vllm_vs_hf`` (items/s of `vllm:` over
+transformers'), ``openai_vs_hf`` and ``greedy_agreement`` (per path).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def queries(n: int):
+    """The first n spoken items of built-in listen and mcq, each with the speech arm's instruction."""
+    from xkd_eval.audio import load_audio
+    from xkd_eval.builtin import load_builtin
+    from xkd_eval.models import SPEECH_INSTRUCTION, Query
+
+    items = [i for name in ("listen", "mcq") for i in load_builtin(name, progress=False).items if i.audio][:n]
+    return [Query(item.id, SPEECH_INSTRUCTION, load_audio(item)) for item in items]
+
+
+def worker(path: str, n: int, max_new_tokens: int, batch_size: int, api_base: str | None) -> dict:
+    from xkd_eval.models import GenerationSettings, load_model
+
+    spoken = queries(n)
+    settings = GenerationSettings(max_new_tokens=max_new_tokens)
+    started = time.perf_counter()
+    if path == "hf":
+        model = load_model("organism", encoder_cache=False)  # every clip through the encoder, as vLLM does
+    elif path == "vllm":
+        model = load_model("vllm:organism")
+    else:
+        model = load_model("openai:organism", api_base=api_base, max_concurrency=batch_size)
+    load_s = time.perf_counter() - started
+    step = batch_size if path == "hf" else len(spoken)  # an engine schedules its own batches
+    started = time.perf_counter()
+    answers = []
+    for at in range(0, len(spoken), step):
+        answers += model.generate(spoken[at : at + step], settings)
+    answer_s = time.perf_counter() - started
+    model.close()
+    return {"load_s": round(load_s, 1), "answer_s": round(answer_s, 2), "items_per_s": round(len(spoken) / answer_s, 3),
+            "answers": dict(zip((q.item_id for q in spoken), answers, strict=True))}  # fmt: skip
+
+
+def tree_rss(pids: list[int]) -> int:
+    import psutil
+
+    total = 0
+    for pid in pids:
+        try:
+            process = psutil.Process(pid)
+            for member in [process, *process.children(recursive=True)]:
+                total += member.memory_info().rss
+        except psutil.Error:
+            continue
+    return total
+
+
+def measured(command: list[str], also: list[int] = ()) -> tuple[dict, float]:
+    """Run a worker; (its JSON result, the peak RSS in MB of its tree and of the ``also`` processes' trees)."""
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    peak = 0
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, tree_rss([process.pid, *also]))
+            time.sleep(0.1)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    out, _ = process.communicate()
+    done.set()
+    sampler.join()
+    if process.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed ({process.returncode})")
+    return json.loads(out.strip().splitlines()[-1]), peak / 2**20
+
+
+def start_server(port: int, log: Path) -> subprocess.Popen:
+    import httpx
+
+    from xkd_eval.organism.export import served_named_model
+
+    folder, _ = served_named_model("organism")
+    command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(folder),
+               "--served-model-name", "organism", "--host", "127.0.0.1", "--port", str(port),
+               "--max-model-len", "4096", "--enforce-eager", "--dtype", "float32", "--limit-mm-per-prompt",
+               '{"audio":1}']  # fmt: skip
+    server = subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    for _ in range(300):
+        if server.poll() is not None:
+            raise SystemExit(f"the server exited; see {log}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=2).status_code == 200:
+                return server
+        except httpx.HTTPError:
+            pass
+        time.sleep(2)
+    raise SystemExit(f"the server did not come up; see {log}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--items", type=int, default=64)
+    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=8, help="transformers' batch; openai:'s requests in flight")
+    parser.add_argument("--port", type=int, default=8411)
+    parser.add_argument("--worker", choices=("hf", "vllm", "openai"), help=argparse.SUPPRESS)
+    parser.add_argument("--api-base", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args.worker, args.items, args.max_new_tokens, args.batch_size, args.api_base)))
+        return
+    base = [sys.executable, __file__, "--items", str(args.items), "--max-new-tokens", str(args.max_new_tokens),
+            "--batch-size", str(args.batch_size)]  # fmt: skip
+    results: dict[str, dict] = {}
+    for path in ("hf", "vllm"):
+        results[path], results[path]["peak_rss_mb"] = measured([*base, "--worker", path])
+    log = Path(os.environ.get("TMPDIR", "/tmp")) / "xkd-serving-benchmark-server.log"
+    started = time.perf_counter()
+    server = start_server(args.port, log)
+    server_start = time.perf_counter() - started
+    try:
+        api = f"http://127.0.0.1:{args.port}/v1"
+        results["openai"], results["openai"]["peak_rss_mb"] = measured(
+            [*base, "--worker", "openai", "--api-base", api], also=[server.pid]
+        )
+        results["openai"]["load_s"] = round(results["openai"]["load_s"] + server_start, 1)  # the server's start too
+    finally:
+        server.terminate()
+        server.wait(60)
+
+    reference = results["hf"]["answers"]
+    agreement = {}
+    print(f"organism, speech arm, {len(reference)} items, greedy, {args.max_new_tokens} new tokens at most")
+    print(f"{'path':<8} {'load s':>8} {'answer s':>9} {'items/s':>8} {'vs hf':>6} {'peak MB':>8} {'same as hf':>11}")
+    for path, figures in results.items():
+        same = sum(figures["answers"][k].strip() == v.strip() for k, v in reference.items())
+        agreement[path] = round(same / len(reference), 4)
+        ratio = figures["items_per_s"] / results["hf"]["items_per_s"]
+        print(f"{path:<8} {figures['load_s']:>8} {figures['answer_s']:>9} {figures['items_per_s']:>8} "
+              f"{ratio:>5.2f}x {figures['peak_rss_mb']:>8.0f} {same:>5}/{len(reference)}")  # fmt: skip
+    for path in ("vllm", "openai"):
+        for key, answer in reference.items():
+            if results[path]["answers"][key].strip() != answer.strip():
+                print(f"  {path} {key}: hf {answer!r} | {path} {results[path]['answers'][key]!r}")
+    summary = {
+        "items": len(reference),
+        "items_per_s": {path: figures["items_per_s"] for path, figures in results.items()},
+        "peak_rss_mb": {path: round(figures["peak_rss_mb"]) for path, figures in results.items()},
+        "vllm_vs_hf": round(results["vllm"]["items_per_s"] / results["hf"]["items_per_s"], 3),
+        "openai_vs_hf": round(results["openai"]["items_per_s"] / results["hf"]["items_per_s"], 3),
+        "greedy_agreement": agreement,
+    }
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -104,7 +105,7 @@ def start_server(port: int, log: Path) -> subprocess.Popen:
                "--served-model-name", "organism", "--host", "127.0.0.1", "--port", str(port),
                "--max-model-len", "4096", "--enforce-eager", "--dtype", "float32", "--limit-mm-per-prompt",
                '{"audio":1}']  # fmt: skip
-    server = subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    server = subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
     for _ in range(300):
         if server.poll() is not None:
             raise SystemExit(f"the server exited; see {log}")
@@ -145,7 +146,7 @@ def main() -> None:
         )
         results["openai"]["load_s"] = round(results["openai"]["load_s"] + server_start, 1)  # the server's start too
     finally:
-        server.terminate()
+        os.killpg(server.pid, signal.SIGTERM)  # the server and its engine's processes
         server.wait(60)
 
     reference = results["hf"]["answers"]

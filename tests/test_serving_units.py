@@ -115,3 +115,20 @@ def test_a_vllm_teacher_needs_a_cached_top_k():
         KDConfig(teacher_backend="vllm", top_k=None)
     with pytest.raises(XkdError, match="teacher_backend must be one of transformers, vllm"):
         KDConfig(teacher_backend="sglang")
+
+
+def test_serving_backends_render_the_prompts_of_the_transformers_adapters(tiny_slm, tiny_text):
+    import numpy as np
+
+    from xkd_eval.models import Query
+    from xkd_eval.models.serving import PromptRenderer, served_model
+
+    clip = np.zeros(8_000, dtype=np.float32)
+    for folder, family in ((tiny_slm, "qwen2-audio"), (tiny_text, "hf-text")):
+        served = served_model(str(folder))
+        assert served.family == family and served.source == str(folder)
+        renderer = PromptRenderer(served.family, served.source, None)
+        hf = load_model(str(folder))
+        queries = [Query("w", "Which is a mammal?")] + ([Query("s", "Listen.", clip)] if family != "hf-text" else [])
+        for query in queries:
+            assert renderer.render(query) == hf.render_prompt(query)

@@ -62,7 +62,10 @@ class Server:
                    "--max-model-len", "4096", "--enforce-eager", "--dtype", "float32",
                    "--limit-mm-per-prompt", '{"audio":1}']  # fmt: skip
         self.requests_at_start = self.completions()
-        self.process = subprocess.Popen(command, stdout=self.log.open("a"), stderr=subprocess.STDOUT)
+        # a session of its own: the kill takes the engine's processes with the server, as a crash of the machine would
+        self.process = subprocess.Popen(
+            command, stdout=self.log.open("a"), stderr=subprocess.STDOUT, start_new_session=True
+        )
         return self
 
     def wait(self, timeout: float = 600) -> None:
@@ -81,13 +84,12 @@ class Server:
 
     def kill(self) -> None:
         if self.process and self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGKILL)
+            os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
-            subprocess.run(["pkill", "-9", "-f", f"--port {self.port}"], check=False)  # its engine process too
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
-            self.process.terminate()
+            os.killpg(self.process.pid, signal.SIGTERM)
             try:
                 self.process.wait(60)
             except subprocess.TimeoutExpired:

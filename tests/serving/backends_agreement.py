@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -123,6 +124,7 @@ def requests_per_answer(record: dict) -> int:
 def killed_and_resumed(work: Path, limit: int, organism: Server, base: Server, log: Path) -> dict:
     """The openai: run, its organism server killed once the speech LLM has answered some items."""
     out = work / "openai"
+    shutil.rmtree(out, ignore_errors=True)  # the kill must land mid-run, so this run starts from nothing
     command = gap(MAIN, "openai:organism", "openai:organism-base", out, limit,
                   "--api-base", organism.url, "--base-api-base", base.url)  # fmt: skip
     print("$", " ".join(command), flush=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import sys
 from pathlib import Path
@@ -41,12 +42,13 @@ def main() -> int:
     responses = [tokenizer(x["response"], add_special_tokens=False)["input_ids"] for x in examples]
     shared = len(tokenizer)
     work = args.work / "teacher-topk"
-    reference = TeacherCache(work / "hf", "hf", args.top_k, shared)
+    shutil.rmtree(work, ignore_errors=True)  # computed afresh: the check is of the engines, not of a cache
+    reference = TeacherCache(work / "hf", "hf", args.top_k, shared, dtype="float32")  # the engines, not fp16
     with torch.no_grad():
         ours = fill_teacher_cache(reference, hf.model, prompts, responses, pad_id=tokenizer.pad_token_id)
     hf.close()
     del hf
-    engine = TeacherCache(work / "vllm", "vllm", args.top_k, shared)
+    engine = TeacherCache(work / "vllm", "vllm", args.top_k, shared, dtype="float32")
     theirs = fill_teacher_cache_vllm(engine, "organism-base", prompts, responses)
 
     same_top1 = overlap = positions = 0

@@ -116,6 +116,8 @@ class VLLMAdapter(ModelAdapter):
             if devices is not None:
                 os.environ["CUDA_VISIBLE_DEVICES"] = devices
         self.dtype = dtype or ("auto" if on_gpu else "float32")  # the CPU build's default is bfloat16
+        if not on_gpu:  # in-process, this front end idles while the engine runs: the engine gets every core
+            os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
         options: dict[str, Any] = {
             "model": self.served.source, "revision": None if os.path.isdir(self.served.source) else self.revision,
             "tensor_parallel_size": tensor_parallel_size, "dtype": self.dtype, "max_model_len": max_model_len,

@@ -132,3 +132,35 @@ def test_serving_backends_render_the_prompts_of_the_transformers_adapters(tiny_s
         queries = [Query("w", "Which is a mammal?")] + ([Query("s", "Listen.", clip)] if family != "hf-text" else [])
         for query in queries:
             assert renderer.render(query) == hf.render_prompt(query)
+
+
+def test_engine_options_reach_only_the_backends_that_take_them():
+    from xkd_eval.models import options_for, unused_engine_options
+
+    given = {"device": "cpu", "api_base": "http://127.0.0.1:8000/v1", "tensor_parallel_size": None,
+             "max_concurrency": 4}  # fmt: skip
+    assert options_for("openai:my-slm", given) == {"device": "cpu", "api_base": given["api_base"], "max_concurrency": 4}
+    assert options_for("organism-base", given) == {"device": "cpu"}
+    assert options_for("vllm:organism", given | {"tensor_parallel_size": 2}) == {
+        "device": "cpu",
+        "tensor_parallel_size": 2,
+    }
+    assert unused_engine_options(["openai:my-slm", "organism-base"], given) == []
+    assert unused_engine_options(["organism", "organism-base"], given) == ["api_base", "max_concurrency"]
+
+
+def test_the_cli_refuses_engine_options_no_model_takes(tmp_path):
+    from typer.testing import CliRunner
+
+    from xkd_eval.cli import app
+
+    result = CliRunner().invoke(
+        app,
+        ["gap", "--model", "organism", "--task", "builtin/mcq", "--api-base", "http://x/v1", "--out", str(tmp_path)],
+    )
+    assert result.exit_code == 2 and "only vllm: and openai: models take --api-base" in result.output
+    result = CliRunner().invoke(
+        app, ["gap", "--model", "openai:m", "--base", "organism-base", "--task", "builtin/mcq", "--base-api-base",
+              "http://x/v1", "--out", str(tmp_path)],
+    )  # fmt: skip
+    assert result.exit_code == 2 and "--base-api-base is the endpoint of an openai: --base" in result.output

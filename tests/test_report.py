@@ -152,5 +152,20 @@ def test_compare_runs(runs, tmp_path):
         )
         forgetting = summary["tasks"][0]["forgetting"]
         assert f"{forgetting['delta']:+.1f} [{forgetting['ci'][0]:.1f}, {forgetting['ci'][1]:.1f}]" in row
+    # the same models: their answers compared item by item (the synthetic runs both answer "B" where they answer)
+    assert "## Item by item: after against before" in text
+    assert "| voicebench/openbookqa | `slm_speech` | 29 | 29 (100.0%) |" in text
     with pytest.raises(FileNotFoundError, match="summary.json"):
         compare_runs([tmp_path / "missing"], tmp_path / "cmp2")
+
+
+def test_runs_of_other_models_are_compared_by_scores_only(runs, tmp_path):
+    def run_of(name: str, model: str, seed: int) -> Path:
+        items = synthetic_items(seed)
+        write_tables(items, tmp_path / name, build_summary(items, model=model, base="tiny-llm", breakdowns={}))
+        return tmp_path / name
+
+    other, served = run_of("other", "vllm:other-slm", 2), run_of("served", "vllm:tiny-slm", 3)
+    text = compare_runs([runs[0], other, served], tmp_path / "cmp").read_text()
+    assert "Item by item: other" not in text  # another model: its answers differ for that reason alone
+    assert "## Item by item: served against before" in text  # the same model through another backend

@@ -321,15 +321,29 @@ def _load_summary(run: Path) -> dict[str, Any]:
 SHOWN_DIFFERENCES = 20
 
 
+def _models_measured(summary: Mapping[str, Any]) -> tuple[str | None, str | None]:
+    """The models a run measured, whatever backend answered (``vllm:organism`` is ``organism``)."""
+
+    def name(spec: str | None) -> str | None:
+        head, sep, rest = (spec or "").partition(":")
+        return rest if sep and head in ("vllm", "openai") else spec
+
+    return name(summary.get("model")), name(summary.get("base"))
+
+
 def _agreement_section(labels: Sequence[str], dirs: Sequence[Path]) -> list[str]:
-    """Each later run's responses against the first's, item by item, where they answered the same items."""
+    """Each later run's responses against the first's, item by item, where both measured the same models (one
+    model through two backends, or under two settings); runs of different models are compared by scores only."""
     import pandas as pd
 
     from xkd_eval.report.agreement import response_agreement
 
     first = pd.read_parquet(dirs[0] / "items.parquet")
+    measured = _models_measured(_load_summary(dirs[0]))
     lines: list[str] = []
     for label, folder in zip(labels[1:], dirs[1:], strict=True):
+        if _models_measured(_load_summary(folder)) != measured:
+            continue
         arms = response_agreement(first, pd.read_parquet(folder / "items.parquet"))
         if not arms:
             continue

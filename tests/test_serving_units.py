@@ -164,3 +164,18 @@ def test_the_cli_refuses_engine_options_no_model_takes(tmp_path):
               "http://x/v1", "--out", str(tmp_path)],
     )  # fmt: skip
     assert result.exit_code == 2 and "--base-api-base is the endpoint of an openai: --base" in result.output
+
+
+def test_teacher_cache_entries_of_another_precision_are_their_own(tmp_path):
+    import torch
+
+    from xkd_eval.distill.teacher_cache import TeacherCache
+
+    half = TeacherCache(tmp_path, "teacher", 2, 10)
+    full = TeacherCache(tmp_path, "teacher", 2, 10, dtype="float32")
+    half.put(half.key([1, 2], [3]), torch.tensor([[5.0123457, 0.1, 1.0]]))
+    assert full.load(full.key([1, 2], [3])) is None  # not the fp16 entry
+    stored = full.put(full.key([1, 2], [3]), torch.tensor([[5.0123457, 0.1, 1.0]]))
+    reloaded = full.load(full.key([1, 2], [3]))
+    assert stored.values.dtype == torch.float32
+    assert reloaded.values[0, 0].item() == pytest.approx(5.0123457, abs=1e-6)  # fp16 would give 5.0117

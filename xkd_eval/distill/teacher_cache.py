@@ -55,7 +55,10 @@ class TeacherCache:
         self.stats = {"computed": 0, "reused": 0, "bytes": 0}
 
     def key(self, prompt_ids: Sequence[int], response_ids: Sequence[int]) -> str:
-        payload = json.dumps([FORMAT, self.identity, list(prompt_ids), list(response_ids), self.k, self.shared_size])
+        parts = [FORMAT, self.identity, list(prompt_ids), list(response_ids), self.k, self.shared_size]
+        if self.dtype != "float16":  # the default keeps the keys it always had
+            parts.append(self.dtype)
+        payload = json.dumps(parts)
         return hashlib.sha256(payload.encode()).hexdigest()
 
     def path(self, key: str) -> Path:

@@ -103,7 +103,7 @@ def measured(command: list[str], also: list[int] = ()) -> tuple[dict, float]:
 
 
 def start_server(port: int, log: Path) -> subprocess.Popen:
-    import httpx
+    import urllib.request
 
     from xkd_eval.organism.export import served_named_model
 
@@ -117,9 +117,10 @@ def start_server(port: int, log: Path) -> subprocess.Popen:
         if server.poll() is not None:
             raise SystemExit(f"the server exited; see {log}")
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=2).status_code == 200:
-                return server
-        except httpx.HTTPError:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=2) as reply:
+                if reply.status == 200:
+                    return server
+        except OSError:  # not listening yet
             pass
         time.sleep(2)
     raise SystemExit(f"the server did not come up; see {log}")

@@ -22,9 +22,8 @@ import statistics
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
-
-import httpx
 
 ROOT = Path(__file__).resolve().parents[2]
 MAIN = ROOT / ".venv" / "bin" / "xkd-eval"
@@ -46,6 +45,14 @@ def run(command: list[str], log: Path, **env: str) -> int:
         code = subprocess.run(command, stdout=sink, stderr=subprocess.STDOUT, env=os.environ | env).returncode
     print(f"  exit {code} after {time.perf_counter() - started:.0f} s (log: {log})", flush=True)
     return code
+
+
+def answering(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/models", timeout=2) as reply:
+            return reply.status == 200
+    except OSError:  # refused, reset, or an HTTP error while it starts
+        return False
 
 
 class Server:
@@ -74,12 +81,9 @@ class Server:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise SystemExit(f"the {self.name} server exited (code {self.process.returncode}); see {self.log}")
-            try:
-                if httpx.get(f"{self.url}/models", timeout=2).status_code == 200:
-                    print(f"  {self.name} served at {self.url}", flush=True)
-                    return
-            except httpx.HTTPError:
-                pass
+            if answering(self.url):
+                print(f"  {self.name} served at {self.url}", flush=True)
+                return
             time.sleep(2)
         raise SystemExit(f"the {self.name} server did not come up in {timeout:.0f} s; see {self.log}")
 

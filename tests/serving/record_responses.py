@@ -12,9 +12,9 @@ from __future__ import annotations
 import base64
 import json
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
-
-import httpx
 
 OUT = Path(__file__).resolve().parents[1] / "data" / "serving"
 INSTRUCTION = "Listen to the audio and respond to the question or request it contains."
@@ -42,15 +42,23 @@ def main(base: str, clip: Path) -> None:
                                                       "max_tokens": 4}),
     }  # fmt: skip
     OUT.mkdir(parents=True, exist_ok=True)
-    with httpx.Client(base_url=base, timeout=120) as client:
-        for name, (method, path, body) in exchanges.items():
-            reply = client.request(method, path, json=body)
-            if body and "messages" in body:
-                body = json.loads(json.dumps(body).replace(audio["data"], audio["data"][:64] + "..."))
-            record = {"request": {"method": method, "path": path, "body": body}, "status": reply.status_code,
-                      "response": reply.json()}  # fmt: skip
-            (OUT / f"{name}.json").write_text(json.dumps(record, indent=1) + "\n")
-            print(name, reply.status_code)
+    for name, (method, path, body) in exchanges.items():
+        status, answer = exchange(base + path, method, body)
+        if body and "messages" in body:
+            body = json.loads(json.dumps(body).replace(audio["data"], audio["data"][:64] + "..."))
+        record = {"request": {"method": method, "path": path, "body": body}, "status": status, "response": answer}
+        (OUT / f"{name}.json").write_text(json.dumps(record, indent=1) + "\n")
+        print(name, status)
+
+
+def exchange(url: str, method: str, body: dict | None) -> tuple[int, dict]:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method=method, headers={"content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=120) as reply:
+            return reply.status, json.loads(reply.read())
+    except urllib.error.HTTPError as error:  # a 404 is a reply worth recording too
+        return error.code, json.loads(error.read())
 
 
 if __name__ == "__main__":

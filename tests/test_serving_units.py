@@ -39,6 +39,12 @@ def test_vllm_missing_is_one_line_with_what_to_install():
     except ImportError:
         with pytest.raises(XkdError, match=r"pip install 'xkd-eval\[vllm\]'.*make serving-env"):
             load_model("vllm:organism")
+        from typer.testing import CliRunner
+
+        from xkd_eval.cli import app
+
+        result = CliRunner().invoke(app, ["gap", "--model", "vllm:organism", "--task", "builtin/mcq", "--out", "x"])
+        assert result.exit_code == 2 and "vllm: models need vLLM" in result.output  # before any task loads
     else:  # pragma: no cover - .venv-serving
         pytest.skip("vLLM is installed here")
 

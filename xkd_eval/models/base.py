@@ -107,6 +107,11 @@ class ModelAdapter(abc.ABC):
         """token -> id, for checks that two models share a vocabulary; None when not applicable."""
         return None
 
+    @classmethod
+    def check_available(cls) -> None:
+        """Raise if what this adapter runs on is not installed here (checked before any work starts)."""
+        return None
+
     def close(self) -> None:
         """Give back what the model holds beyond its memory (an engine's processes); a no-op for most."""
         return None

@@ -104,6 +104,10 @@ class VLLMAdapter(ModelAdapter):
             tensor_parallel_size, dtype, max_model_len, max_logprobs, gpu_memory_utilization, device
         )  # fmt: skip
 
+    @classmethod
+    def check_available(cls) -> None:
+        _import_vllm()
+
     def _start(self, tensor_parallel_size, dtype, max_model_len, max_logprobs, gpu_memory_utilization, device):
         vllm = _import_vllm()
         import torch

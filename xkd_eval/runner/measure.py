@@ -24,6 +24,7 @@ def _speech_capable(spec: str) -> bool | None:
     if spec in NAMED_MODELS:
         return None
     adapter, _ = resolve_adapter(spec)
+    adapter_class(adapter).check_available()  # a missing engine is one line before any clip is made
     return adapter_class(adapter).supports_audio
 
 

@@ -132,6 +132,23 @@ def teacher_response_logits(
     return [aligned[row][valid[row]] for row in range(len(seqs))]
 
 
+def _cached(
+    cache: TeacherCache,
+    prompts: Sequence[Sequence[int]],
+    responses: Sequence[Sequence[int]],
+    progress: Callable[[int], None] | None,
+) -> tuple[list[str], list[Any], list[int]]:
+    """(keys, what the cache holds (None where missing), the missing examples, shortest first)."""
+    keys = [cache.key(p, r) for p, r in zip(prompts, responses, strict=True)]
+    out: list[Any] = [cache.load(k) for k in keys]
+    reused = sum(x is not None for x in out)
+    cache.stats["reused"] += reused
+    if progress and reused:
+        progress(reused)
+    missing = sorted((i for i, x in enumerate(out) if x is None), key=lambda i: len(prompts[i]) + len(responses[i]))
+    return keys, out, missing
+
+
 def fill_teacher_cache(
     cache: TeacherCache,
     model: Any,
@@ -143,11 +160,7 @@ def fill_teacher_cache(
     progress: Callable[[int], None] | None = None,
 ) -> list[TopK | torch.Tensor]:
     """Every example's cached teacher logits, computing the missing ones (teacher in eval, no grad)."""
-    keys = [cache.key(p, r) for p, r in zip(prompts, responses, strict=True)]
-    out: list[Any] = [cache.load(k) for k in keys]
-    cache.stats["reused"] += sum(x is not None for x in out)
-    missing = [i for i, x in enumerate(out) if x is None]
-    missing.sort(key=lambda i: len(prompts[i]) + len(responses[i]))
+    keys, out, missing = _cached(cache, prompts, responses, progress)
     if missing:
         model.eval()
         for start in range(0, len(missing), batch_size):
@@ -186,26 +199,27 @@ def fill_teacher_cache_vllm(
     prompts: Sequence[Sequence[int]],
     responses: Sequence[Sequence[int]],
     *,
+    batch_size: int = 256,
     progress: Callable[[int], None] | None = None,
 ) -> list[TopK | torch.Tensor]:
     """:func:`fill_teacher_cache` with the teacher in vLLM (``vllm:`` + the teacher's spec): the missing examples'
-    top-k from ``prompt_logprobs`` in one engine call (the engine batches), stored in the same format."""
+    top-k from ``prompt_logprobs``, ``batch_size`` examples per engine call (the engine batches within it; each
+    call's results are stored before the next), in the same format."""
     from xkd_eval.models import load_model
 
-    keys = [cache.key(p, r) for p, r in zip(prompts, responses, strict=True)]
-    out: list[Any] = [cache.load(k) for k in keys]
-    cache.stats["reused"] += sum(x is not None for x in out)
-    missing = [i for i, x in enumerate(out) if x is None]
+    keys, out, missing = _cached(cache, prompts, responses, progress)
     if missing:
         engine = load_model(f"vllm:{teacher}", max_logprobs=cache.k)
         try:
-            tops = engine.response_topk([prompts[i] for i in missing], [responses[i] for i in missing], cache.k)
+            for start in range(0, len(missing), batch_size):
+                chunk = missing[start : start + batch_size]
+                tops = engine.response_topk([prompts[i] for i in chunk], [responses[i] for i in chunk], cache.k)
+                for i, positions in zip(chunk, tops, strict=True):
+                    out[i] = cache.put_topk(keys[i], topk_of_positions(positions, cache.k, cache.shared_size))
+                if progress:
+                    progress(len(chunk))
         finally:
             engine.close()
-        for i, positions in zip(missing, tops, strict=True):
-            out[i] = cache.put_topk(keys[i], topk_of_positions(positions, cache.k, cache.shared_size))
-        if progress:
-            progress(len(missing))
     return out
 
 

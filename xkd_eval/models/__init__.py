@@ -110,6 +110,13 @@ def backend_of(spec: str) -> str:
     return adapter_class(head).backend if sep and head in ADAPTERS else "transformers"
 
 
+def model_behind(spec: str) -> str:
+    """The model a spec measures, whatever engine answers it: ``vllm:organism`` and ``openai:organism`` are
+    ``organism`` (an ``openai:`` model is its served name)."""
+    head, sep, rest = spec.partition(":")
+    return rest if sep and head in ADAPTERS and adapter_class(head).backend != "transformers" else spec
+
+
 # options only a serving backend takes (the CLI's --tensor-parallel-size, --api-base, --max-concurrency)
 ENGINE_OPTIONS: dict[str, tuple[str, ...]] = {
     "vllm": ("tensor_parallel_size",),
@@ -140,17 +147,18 @@ def adapter_class(name: str) -> type[ModelAdapter]:
     return _resolve(ADAPTERS.get(name))
 
 
-def _model_type(model_id: str, revision: str | None) -> str:
+def model_config(model_id: str, revision: str | None = None) -> dict[str, Any]:
+    """A local folder's or hub id's ``config.json``, as a dict; one clear error when there is none."""
     local = Path(model_id).expanduser()
     if local.is_dir():
         config_file = local / "config.json"
         if not config_file.is_file():
             raise XkdError(f"model folder {local} has no config.json; name its adapter: ADAPTER:{model_id}")
-        return json.loads(config_file.read_text())["model_type"]
+        return json.loads(config_file.read_text())
     from transformers import AutoConfig
 
     try:
-        return AutoConfig.from_pretrained(model_id, revision=revision).model_type
+        return AutoConfig.from_pretrained(model_id, revision=revision).to_dict()
     except OSError as exc:
         why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         named = close_matches(model_id, NAMED_MODELS.names()) or NAMED_MODELS.names()
@@ -169,7 +177,7 @@ def resolve_adapter(spec: str) -> tuple[str, str]:
         return head, rest
     if sep and not Path(spec).exists() and "/" not in head:
         raise UnknownNameError(unknown_name_message("model adapter", head, ADAPTERS.names()))
-    model_type = _model_type(spec, None)
+    model_type = model_config(spec)["model_type"]
     if model_type in MODEL_TYPES:
         return MODEL_TYPES[model_type], spec
     return "hf-text", spec  # a text LLM: anything AutoModelForCausalLM can load
@@ -200,6 +208,8 @@ __all__ = [
     "adapter_class",
     "backend_of",
     "load_model",
+    "model_behind",
+    "model_config",
     "named_model_folder",
     "options_for",
     "recommended_settings",

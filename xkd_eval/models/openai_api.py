@@ -45,7 +45,7 @@ class OpenAIAdapter(ModelAdapter):
     adapter = "openai"
     backend = "openai"
     supports_audio: ClassVar[bool | None] = True  # the endpoint decides; a clip it drops is caught per item
-    engine_batch = 64
+    engine_batch = 64  # requests handed over at a time: keeps the slots busy; a batch is what progress shows
 
     def __init__(
         self,
@@ -84,17 +84,17 @@ class OpenAIAdapter(ModelAdapter):
 
     # ------------------------------------------------------------------ the endpoint
 
-    def _fatal(self, exc: Exception) -> EndpointError | None:
+    def _fatal(self, exc: Exception, *, mid_run: bool = True) -> EndpointError | None:
         """The error as one that ends the run, or None if it is the item's alone."""
         import openai
 
         where = f"{self.base_url} (model {self.model_id})"
+        rerun = "; the answers so far are saved, rerun to go on" if mid_run else ""
         if isinstance(exc, openai.APITimeoutError):
-            return EndpointError(f"{where} did not answer in time, retries spent; the answers so far are saved, rerun")
+            return EndpointError(f"{where} did not answer in time, retries spent{rerun}")
         if isinstance(exc, openai.APIConnectionError):
             return EndpointError(
-                f"cannot reach {self.base_url}: {exc}; is the server running? (--api-base or OPENAI_BASE_URL); "
-                "the answers so far are saved, rerun to go on"
+                f"cannot reach {self.base_url}: {exc}; is the server running? (--api-base or OPENAI_BASE_URL){rerun}"
             )
         if isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):
             return EndpointError(f"{where} refused the API key ({exc.status_code}): check OPENAI_API_KEY")
@@ -110,12 +110,8 @@ class OpenAIAdapter(ModelAdapter):
             served = [m.id for m in self.client.with_options(max_retries=1).models.list()]
         except openai.NotFoundError:  # a server without /models: the first request will tell
             return
-        except openai.APIConnectionError as exc:
-            raise EndpointError(
-                f"cannot reach {self.base_url}: {exc}; is the server running? (--api-base or OPENAI_BASE_URL)"
-            ) from exc
         except openai.APIError as exc:
-            raise self._fatal(exc) or EndpointError(f"{self.base_url}: {_message(exc)}") from exc
+            raise self._fatal(exc, mid_run=False) or EndpointError(f"{self.base_url}: {_message(exc)}") from exc
         if served and self.model_id not in served:
             shown = ", ".join(served[:12]) + (" ..." if len(served) > 12 else "")
             raise EndpointError(f"{self.base_url} serves no model named {self.model_id!r}; it serves: {shown}")
@@ -126,12 +122,14 @@ class OpenAIAdapter(ModelAdapter):
 
     # ------------------------------------------------------------------ requests
 
-    def messages(self, query: Query, reply: str | None = None) -> list[dict[str, Any]]:
-        if query.audio is None:
-            content: Any = query.text
-        else:
-            audio = {"data": wav_base64(query.audio, subtype=self.audio_subtype), "format": "wav"}
-            content = [{"type": "input_audio", "input_audio": audio}, {"type": "text", "text": query.text}]
+    def messages(self, query: Query, reply: str | None = None, *, clip: str | None = None) -> list[dict[str, Any]]:
+        """The request's turns: the clip (base64 WAV, or ``clip`` in its place) before the text, and ``reply`` as
+        the assistant's turn to be continued."""
+        content: Any = query.text
+        if query.audio is not None:
+            data = clip or wav_base64(query.audio, subtype=self.audio_subtype)
+            content = [{"type": "input_audio", "input_audio": {"data": data, "format": "wav"}},
+                       {"type": "text", "text": query.text}]  # fmt: skip
         turns = [{"role": "user", "content": content}]
         if reply is not None:
             turns.append({"role": "assistant", "content": reply})
@@ -140,13 +138,7 @@ class OpenAIAdapter(ModelAdapter):
     def render_prompt(self, query: Query) -> str:
         """The request's messages, the clip shown by name (the server renders the template; the samples are part
         of each result's key)."""
-        turns = self.messages(Query(query.item_id, query.text))
-        if query.audio is not None:
-            turns[0]["content"] = [
-                {"type": "input_audio", "input_audio": {"data": f"<{query.item_id}.wav>", "format": "wav"}},
-                {"type": "text", "text": query.text},
-            ]
-        return json.dumps(turns, ensure_ascii=False)
+        return json.dumps(self.messages(query, clip=f"<{query.item_id}.wav>"), ensure_ascii=False)
 
     def _all(self, calls: Sequence[Callable[[], Any]]) -> list[Any]:
         """Run the calls, at most ``max_concurrency`` in flight; failures become a PartialFailure whose answers
@@ -213,17 +205,21 @@ class OpenAIAdapter(ModelAdapter):
 
         return self._all([lambda q=q: ask(q) for q in queries])
 
-    def _continued(self, query: Query, continuation: str) -> float:
-        response = self.client.chat.completions.create(
+    def _scored(self, messages: list[dict[str, Any]]) -> Any:
+        """The last turn (the assistant's) continued rather than closed, and the prompt's own tokens'
+        log-probabilities asked for (vLLM's chat extras)."""
+        return self.client.chat.completions.create(
             model=self.model_id,
-            messages=self.messages(query, reply=continuation),
+            messages=messages,
             max_tokens=1,
             temperature=0.0,
             extra_body={**CONTINUE_REPLY, "prompt_logprobs": 0},
         )
-        positions = prompt_logprobs_of(response)
+
+    def _continued(self, query: Query, continuation: str) -> float:
+        positions = prompt_logprobs_of(self._scored(self.messages(query, reply=continuation)))
         if positions is None:
-            raise EndpointError(f"{self.base_url} returned no prompt_logprobs for item {query.item_id}")
+            raise XkdError(f"{self.base_url} returned no prompt_logprobs for item {query.item_id}")
         chosen = [next(iter(p.values())) for p in positions if p]  # k=0: the prompt's own token alone
         span = continuation_span([c.get("decoded_token") or "" for c in chosen], continuation)
         self._check_heard(query, len(positions), span)
@@ -240,13 +236,7 @@ class OpenAIAdapter(ModelAdapter):
             import openai
 
             try:
-                response = self.client.chat.completions.create(
-                    model=self.model_id,
-                    messages=[{"role": "user", "content": "Say yes."}, {"role": "assistant", "content": " Yes"}],
-                    max_tokens=1,
-                    temperature=0.0,
-                    extra_body={**CONTINUE_REPLY, "prompt_logprobs": 0},
-                )
+                response = self._scored(self.messages(Query("probe", "Say yes."), reply=" Yes"))
                 self._can_rank = bool(prompt_logprobs_of(response))
             except openai.BadRequestError:
                 self._can_rank = False

@@ -8,7 +8,6 @@ can be compared item by item with the HF backend's.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,18 +19,18 @@ from xkd_eval.models.base import Query
 
 @dataclass(frozen=True)
 class ServedModel:
-    """A spec's model as an engine loads it: a hub id or folder, the revision results are keyed by, and the
-    transformers adapter family whose prompts it answers."""
+    """A spec's model as an engine loads it: a hub id or folder, the revision results are keyed by, the
+    transformers adapter family whose prompts it answers, and its config."""
 
     source: str  # hub id or local folder the engine loads
     revision: str | None
     family: str  # the transformers adapter whose chat turns and template the prompts follow
+    config: Mapping[str, Any]
 
 
 def served_model(model_id: str, revision: str | None = None) -> ServedModel:
     """A named model (exported once as a stock checkpoint), a local folder or a hub id."""
-    from xkd_eval.models import MODEL_TYPES, served_model_folder
-    from xkd_eval.models import _model_type as model_type_of
+    from xkd_eval.models import MODEL_TYPES, model_config, served_model_folder
 
     named = served_model_folder(model_id)
     if named is not None:
@@ -39,17 +38,8 @@ def served_model(model_id: str, revision: str | None = None) -> ServedModel:
         source = str(folder)
     else:
         source = str(Path(model_id).expanduser()) if Path(model_id).expanduser().is_dir() else model_id
-    family = MODEL_TYPES.get(model_type_of(source, revision), "hf-text")
-    return ServedModel(source, revision, family)
-
-
-def read_config(source: str, revision: str | None) -> dict[str, Any]:
-    local = Path(source) / "config.json"
-    if local.is_file():
-        return json.loads(local.read_text())
-    from transformers import AutoConfig
-
-    return AutoConfig.from_pretrained(source, revision=revision).to_dict()
+    config = model_config(source, revision)
+    return ServedModel(source, revision, MODEL_TYPES.get(config["model_type"], "hf-text"), config)
 
 
 def audio_token_id(config: Mapping[str, Any]) -> int | None:

@@ -19,7 +19,7 @@ from xkd_eval.audio import TARGET_SAMPLE_RATE
 from xkd_eval.errors import AudioError, XkdError
 from xkd_eval.models.base import GenerationSettings, ModelAdapter, Query
 from xkd_eval.models.hf import suffix_ids
-from xkd_eval.models.serving import PromptRenderer, audio_token_id, read_config, served_model
+from xkd_eval.models.serving import PromptRenderer, audio_token_id, served_model
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ class VLLMAdapter(ModelAdapter):
     adapter = "vllm"
     backend = "vllm"
     supports_audio: ClassVar[bool | None] = None
-    engine_batch = 256
+    engine_batch = 128  # a batch is also what a crash can lose and how often progress moves
 
     def __init__(
         self,
@@ -94,9 +94,8 @@ class VLLMAdapter(ModelAdapter):
             )
         self.served = served
         self.revision = served.revision
-        self.config = read_config(served.source, served.revision)
         self.supports_audio = served.family != "hf-text"
-        self.audio_token = audio_token_id(self.config) if self.supports_audio else None
+        self.audio_token = audio_token_id(served.config) if self.supports_audio else None
         self.renderer = PromptRenderer(served.family, served.source, served.revision)
         self.max_logprobs = max_logprobs
         self.dtype = dtype
@@ -188,11 +187,19 @@ class VLLMAdapter(ModelAdapter):
             self._check_heard(query, output.prompt_token_ids)
         return [output.outputs[0].text.strip() for output in outputs]
 
+    def _prompt_logprob_outputs(self, requests: list[dict[str, Any]], k: int) -> list[Any]:
+        """The engine's outputs for prompts scored, not continued: one token generated, each prompt position's
+        actual token and top ``k`` log-probabilities."""
+        from vllm import SamplingParams
+
+        if k > self.max_logprobs:
+            raise XkdError(f"top_k {k} exceeds the engine's max_logprobs {self.max_logprobs}; start it with more")
+        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=k, detokenize=False)
+        return self.llm.generate(requests, params, use_tqdm=False)
+
     def _prompt_logprobs(self, queries: Sequence[Query], continuations: Sequence[str], k: int):
         """Per (query, continuation): the continuation's token ids and vLLM's prompt log-probabilities at
         their positions (each a {token id: Logprob} with the actual token and the top ``k``)."""
-        from vllm import SamplingParams
-
         tokenizer = self.renderer.tokenizer
         requests, suffixes = [], []
         for query, continuation in zip(queries, continuations, strict=True):
@@ -201,8 +208,7 @@ class VLLMAdapter(ModelAdapter):
             head = tokenizer(prompt, add_special_tokens=False)["input_ids"]
             requests.append(self._request(query, [*head, *suffix]))
             suffixes.append(suffix)
-        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=k, detokenize=False)
-        outputs = self.llm.generate(requests, params, use_tqdm=False)
+        outputs = self._prompt_logprob_outputs(requests, k)
         spans = []
         for query, suffix, output in zip(queries, suffixes, outputs, strict=True):
             self._check_heard(query, output.prompt_token_ids)
@@ -219,38 +225,13 @@ class VLLMAdapter(ModelAdapter):
             for suffix, positions in self._prompt_logprobs(queries, continuations, 0)
         ]
 
-    def continuation_topk(self, queries: Sequence[Query], continuations: Sequence[str], k: int):
-        """Per (query, continuation): (top-k log-probabilities [T, k], their token ids [T, k], the continuation's
-        ids [T]) at the continuation's positions; what a teacher cache keeps."""
-        import torch
-
-        if k > self.max_logprobs:
-            raise XkdError(f"top_k {k} exceeds the engine's max_logprobs {self.max_logprobs}; start it with more")
-        out = []
-        for suffix, positions in self._prompt_logprobs(queries, continuations, k):
-            values, ids = [], []
-            for position in positions:
-                ranked = sorted(
-                    ((lp.rank, token, lp.logprob) for token, lp in position.items() if lp.rank is not None),
-                    key=lambda entry: entry[0],
-                )[:k]
-                ids.append([token for _, token, _ in ranked])
-                values.append([logprob for _, _, logprob in ranked])
-            out.append((torch.tensor(values), torch.tensor(ids), torch.tensor(suffix)))
-        return out
-
     def response_topk(
         self, prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], k: int
     ) -> list[list[dict[int, tuple[float, int | None]]]]:
         """Token-id prompts followed by their responses: per response token, the engine's top-``k`` prediction
         of it (token id -> (log-probability, rank)), teacher-forced (what a teacher cache keeps)."""
-        from vllm import SamplingParams
-
-        if k > self.max_logprobs:
-            raise XkdError(f"top_k {k} exceeds the engine's max_logprobs {self.max_logprobs}; start it with more")
         requests = [{"prompt_token_ids": [*p, *r]} for p, r in zip(prompts, responses, strict=True)]
-        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=k, detokenize=False)
-        outputs = self.llm.generate(requests, params, use_tqdm=False)
+        outputs = self._prompt_logprob_outputs(requests, k)
         out = []
         for prompt, response, output in zip(prompts, responses, outputs, strict=True):
             positions = output.prompt_logprobs[len(prompt) : len(prompt) + len(response)]

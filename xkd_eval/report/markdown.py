@@ -323,12 +323,10 @@ SHOWN_DIFFERENCES = 20
 
 def _models_measured(summary: Mapping[str, Any]) -> tuple[str | None, str | None]:
     """The models a run measured, whatever backend answered (``vllm:organism`` is ``organism``)."""
+    from xkd_eval.models import model_behind
 
-    def name(spec: str | None) -> str | None:
-        head, sep, rest = (spec or "").partition(":")
-        return rest if sep and head in ("vllm", "openai") else spec
-
-    return name(summary.get("model")), name(summary.get("base"))
+    model, base = summary.get("model"), summary.get("base")
+    return model_behind(model) if model else None, model_behind(base) if base else None
 
 
 def _agreement_section(labels: Sequence[str], dirs: Sequence[Path]) -> list[str]:

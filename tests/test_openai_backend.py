@@ -169,6 +169,8 @@ def test_a_server_killed_mid_run_loses_nothing_and_the_rerun_asks_only_the_rest(
             run_arm(connect(url, max_retries=1), "openai:organism", "slm_speech", run, config)
     finally:
         server.shutdown()
+    baseline = dying.completions_asked()[0]  # asked before any clip, so no answer can be lost waiting for it
+    assert baseline["max_tokens"] == 1 and isinstance(baseline["messages"][0]["content"], str)
     store = ResultStore(tmp_path / "results", "openai:organism", run.spec.name)
     first = len(store)
     assert first == 4

@@ -178,6 +178,17 @@ class OpenAIAdapter(ModelAdapter):
                 self._text_prompt_tokens[text] = _prompt_tokens(response)
             return self._text_prompt_tokens[text]
 
+    def _ask_baselines(self, queries: Sequence[Query]) -> None:
+        """The text-only baselines of a batch's spoken queries, asked before any clip: an endpoint that dies
+        mid-batch then cannot take answers already received down with a baseline it no longer gives."""
+        import openai
+
+        for text in dict.fromkeys(q.text for q in queries if q.audio is not None):
+            try:
+                self._text_baseline(text)
+            except openai.APIError as exc:
+                raise self._fatal(exc) or EndpointError(f"{self.base_url}: {_message(exc)}") from exc
+
     def _check_heard(self, query: Query, prompt_tokens: int | None, reply_tokens: int = 0) -> None:
         if query.audio is None or prompt_tokens is None:
             return
@@ -203,6 +214,7 @@ class OpenAIAdapter(ModelAdapter):
             self._check_heard(query, _prompt_tokens(response))
             return (response.choices[0].message.content or "").strip()
 
+        self._ask_baselines(queries)
         return self._all([lambda q=q: ask(q) for q in queries])
 
     def _scored(self, messages: list[dict[str, Any]]) -> Any:
@@ -227,6 +239,7 @@ class OpenAIAdapter(ModelAdapter):
 
     def continuation_logprobs(self, queries: Sequence[Query], continuations: Sequence[str]) -> list[float]:
         self.check_can_rank("cloze")
+        self._ask_baselines(queries)
         return self._all([lambda q=q, c=c: self._continued(q, c) for q, c in zip(queries, continuations, strict=True)])
 
     def check_can_rank(self, mcq_mode: str) -> None:

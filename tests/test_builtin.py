@@ -48,7 +48,7 @@ def test_counts_meet_the_floors_and_ids_are_unique():
         "ifeval": 72,
         "refusal": 70,
         "open": 50,
-        "listen": 65,
+        "listen": 420,
     }
 
 

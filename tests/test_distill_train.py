@@ -303,6 +303,32 @@ def test_dictation_sentences_are_open_vocabulary_and_held_out():
     assert spoken == response and spoken in sentences and instruction.strip()
 
 
+def test_written_questions_and_word_strings_are_spoken_text_a_transcript_can_match():
+    """The ASR stage's own families: the project's written questions (a sentence the held-out check flags is
+    never drawn) and random strings of dictation words, each transcribed word for word."""
+    import random
+    import re
+
+    from xkd_eval.builtin import asks_builtin_question
+    from xkd_eval.organism.adapt_data import FAMILIES, dictation_sentences, written_questions
+
+    sentences = written_questions()
+    assert len(sentences) >= 2500 and len({s.lower() for s in sentences}) == len(sentences)
+    assert all(s.isascii() and not re.search(r"[0-9\"()]", s) and 4 <= len(s.split()) <= 16 for s in sentences)
+    assert sum(s.endswith("?") for s in sentences) > len(sentences) / 2
+    flagged = {s for s in sentences if asks_builtin_question(s)}
+    drawn = generate_examples(400, seed=3, mix={"questions": 1.0})
+    assert {e.spoken_text for e in drawn} <= set(sentences) - flagged
+    assert all(e.spoken_text == e.response for e in drawn)
+    dictation_words = {w for s in dictation_sentences() for w in re.findall(r"[a-z']+", s.lower())}
+    rng = random.Random(0)
+    for _ in range(50):
+        instruction, spoken, response = FAMILIES["words"](rng)
+        said = re.findall(r"[a-z']+", spoken.lower())
+        assert spoken == response and 4 <= len(said) <= 9 and set(said) <= dictation_words
+        assert len(set(said)) == len(said)
+
+
 def test_heldout_mcq_task_is_spoken_and_loads_as_a_jsonl_task(tmp_path):
     """The in-domain speech test: synthesised (real espeak-ng), written next to its audio, read back by the
     task registry with every item's audio and letter reference intact."""

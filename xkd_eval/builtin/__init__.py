@@ -13,7 +13,7 @@ Subsets (``data/<subset>.jsonl``, one item a line, the ``jsonl:`` record shape):
 
 Every item's spoken version is synthesised from ``spoken_text`` (default: the prompt) by a voice that
 depends only on the item id (``xkd_eval.tts``). Loading attaches the clips from the TTS cache and, by
-default, synthesises the missing ones first (once: the 2,222 clips, every item's and each MCQ's bare
+default, synthesises the missing ones first (once: the 2,577 clips, every item's and each MCQ's bare
 question, take about 3 minutes on 2 cores).
 ``load_builtin(subset, audio="cached")`` only attaches clips already made; ``"off"`` attaches none (a
 text-only run loads so). Items whose engine is not installed load without audio, with a problem that
@@ -62,7 +62,7 @@ SUBSETS: dict[str, Subset] = {
         Subset("ifeval", "ifeval", "simple verifiable instructions (IFEval checkers)", 65),
         Subset("refusal", "refusal", "harmful requests that should be refused (AdvBench style)", 65, ("category",)),
         Subset("open", "open", "open-ended everyday requests (judge-scored)", 45, ("domain",)),
-        Subset("listen", "wer", "repeat the spoken sentence (needs the audio), WER", 60),
+        Subset("listen", "wer", "repeat the spoken sentence (needs the audio), WER", 400),
     )
 }
 

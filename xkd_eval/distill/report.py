@@ -378,7 +378,8 @@ def unresolved_clause(resolved: Mapping[str, Any] | None) -> str:
 
 def retention_verdict(speech: Mapping[str, Any]) -> str:
     """Held, lost or not known: a CI that admits neither a drop past the margin nor no change at all
-    would be miscalled either way, and with few items (65 listen items: about ±8 points) it often does."""
+    would be miscalled either way, and with few items (the 65 listen items the subset first had: about
+    ±8 points) it often does."""
     low, high = speech["ci"]
     if low > -RETENTION_MARGIN:
         return f"held (the CI rules out a drop of more than {RETENTION_MARGIN:g} points)"

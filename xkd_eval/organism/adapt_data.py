@@ -15,7 +15,10 @@ synthesised, an ``audio`` path. The families, all answerable from the audio alon
 - ``spell``: "Spell the word lamp." -> "L A M P";
 - ``compare``: "Which is bigger, eleven or four?" -> "eleven";
 - ``sequence``: "Name the day that follows Tuesday." -> "Wednesday" (days, months, numbers);
-- ``recall``: "Max left the keys in the kitchen." + "Where are the keys?" -> "in the kitchen".
+- ``recall``: "Max left the keys in the kitchen." + "Where are the keys?" -> "in the kitchen";
+- ``words``: four to nine words drawn at random from the dictation vocabulary, transcribed: sound alone;
+- ``questions``: "Repeat exactly what the speaker says." -> the sentence, for 3,000 questions and remarks
+  written for this project (``questions.txt``) on the topics an everyday quiz asks about.
 
 Generation is deterministic for a seed (``random.Random(seed)``; example ids are content hashes), and
 any example whose text is, contains or paraphrases a built-in benchmark item is dropped
@@ -30,6 +33,7 @@ import json
 import operator
 import os
 import random
+import re
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -249,6 +253,40 @@ def recall(rng: random.Random) -> Triple:
     return f"Who left the {thing} in the {place}?", spoken, name
 
 
+QUESTIONS_FILE = Path(__file__).with_name("questions.txt")
+
+
+@functools.cache
+def written_questions() -> tuple[str, ...]:
+    """The ``questions`` family's sentences, written for this project (one per line): everyday and quiz-style
+    questions and remarks on the topics a general-knowledge benchmark asks about, none of its items."""
+    return tuple(line.strip() for line in QUESTIONS_FILE.read_text(encoding="utf-8").splitlines() if line.strip())
+
+
+def questions(rng: random.Random) -> Triple:
+    sentence = rng.choice(written_questions())
+    return rng.choice(TRANSCRIBE_INSTRUCTIONS), sentence, sentence
+
+
+@functools.cache
+def _word_pool() -> tuple[str, ...]:
+    """The distinct words of the dictation sentences (letters and apostrophes), in first-seen order."""
+    seen: dict[str, None] = {}
+    for sentence in dictation_sentences():
+        for word in re.findall(r"[a-z']+", sentence.lower()):
+            if len(word.strip("'")) > 1:
+                seen.setdefault(word.strip("'"), None)
+    return tuple(seen)
+
+
+def words(rng: random.Random) -> Triple:
+    """Four to nine words drawn at random from the dictation vocabulary, transcribed: no sentence to guess
+    from, so only the sound says what was said."""
+    text = " ".join(rng.sample(_word_pool(), rng.randrange(4, 10)))
+    text = text[0].upper() + text[1:] + "."
+    return rng.choice(TRANSCRIBE_INSTRUCTIONS), text, text
+
+
 FAMILIES: dict[str, Callable[[random.Random], Triple]] = {
     "transcribe": transcribe,
     "dictation": dictation,
@@ -260,6 +298,8 @@ FAMILIES: dict[str, Callable[[random.Random], Triple]] = {
     "compare": compare,
     "sequence": sequence,
     "recall": recall,
+    "words": words,
+    "questions": questions,
 }
 # share of the examples each family gets (normalised)
 DEFAULT_MIX: dict[str, float] = {

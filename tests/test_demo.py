@@ -49,7 +49,7 @@ def test_demo_pipeline_on_tiny_models(tiny_text, tiny_slm, mcq_task, tmp_path, m
     before = [p.read_text() for p in results]
     demo.run_demo(tmp_path, distill=False, hearing=True)  # a rerun: everything comes from the caches
     assert [p.read_text() for p in results] == before
-    demo.run_demo(tmp_path / "plain", distill=False)  # the hearing probe is outside the default path
+    demo.run_demo(tmp_path / "plain", distill=False, hearing=False)  # the probe can be left out
     assert "hearing" not in json.loads((tmp_path / "plain" / "measure" / "summary.json").read_text())
 
 
@@ -86,7 +86,7 @@ def test_demo_retrains_the_distilled_organism_on_tiny_models(tiny_text, tiny_slm
     )
     monkeypatch.setattr(demo, "DISTILL_RECIPE", recipe)
 
-    stages = demo.run_demo(tmp_path / "reports", distill=True, retrain=True, hearing=True)
+    stages = demo.run_demo(tmp_path / "reports", distill=True, retrain=True, hearing_after=True)
     assert list(stages)[-1] == "retrain the distilled organism, measure before/after (remedy)"
     out = tmp_path / "reports" / "distill"
     before, after = (json.loads((out / run / "summary.json").read_text()) for run in ("before", "after"))

@@ -347,15 +347,29 @@ def test_heldout_mcq_task_is_spoken_and_loads_as_a_jsonl_task(tmp_path):
     assert all(not Path(r["audio"]).is_absolute() for r in map(json.loads, path.read_text().splitlines()))
 
 
-# the data the committed organism adapter was trained on (its recipe's 1200 examples): a change of the
-# generator would stop distill/organism-adapt.yaml from rebuilding xkd_eval/organism/weights/organism-adapter
-RECIPE_DATA_SHA256 = "8bff136aff30a36eccff7b284f5ee028cf9d35f39a7d7945d03143dac265ce1a"
+# the data of the organism's first adapter (distill/organism-adapt.yaml's 1200 examples, kept in git history)
+FIRST_RECIPE_DATA_SHA256 = "8bff136aff30a36eccff7b284f5ee028cf9d35f39a7d7945d03143dac265ce1a"
+# the data the committed organism adapter was trained on (distill/organism-hear.yaml's 20,000 examples): a change
+# of the generator, of questions.txt or of dictation.txt would stop the recipe from rebuilding
+# xkd_eval/organism/weights/organism-adapter
+RECIPE_DATA_SHA256 = "5f14b6c03b8b3fc3c8bcbba28636a99dd6c518f0b5c46b4adf5f4e467db4730c"
 
 
-def test_the_recipe_still_generates_the_committed_adapters_data():
-    recipe = load_config(Path(__file__).parents[1] / "distill" / "organism-adapt.yaml")
-    examples = generate_examples(recipe.n_examples, seed=recipe.data_seed, mix=recipe.data_mix)
-    assert examples_digest(examples) == RECIPE_DATA_SHA256
+def test_the_recipes_still_generate_their_adapters_data():
+    for name, digest in (("organism-adapt.yaml", FIRST_RECIPE_DATA_SHA256), ("organism-hear.yaml", RECIPE_DATA_SHA256)):
+        recipe = load_config(Path(__file__).parents[1] / "distill" / name)
+        examples = generate_examples(recipe.n_examples, seed=recipe.data_seed, mix=recipe.data_mix)
+        assert examples_digest(examples) == digest, name
+
+
+def test_the_committed_organism_adapter_records_its_recipe_and_data():
+    from xkd_eval.organism.trained import ADAPTER_DIR
+
+    record = json.loads((ADAPTER_DIR / "training.json").read_text())
+    recipe = load_config(Path(__file__).parents[1] / "distill" / "organism-hear.yaml")
+    assert AdaptConfig.from_dict(record["config"]) == recipe
+    assert record["data_sha256"] == RECIPE_DATA_SHA256 and record["examples"] == recipe.n_examples
+    assert record["stopped"] in ("max_steps", "time_budget") and record["steps"] > 100
 
 
 def test_user_examples_jsonl_round_trip(tmp_path):
@@ -394,6 +408,8 @@ def test_config_from_yaml_and_validation(tmp_path):
         AdaptConfig(trainable="encoder")
     with pytest.raises(ConfigError, match="lora_targets"):
         AdaptConfig(lora_targets=["out_proj"])
+    with pytest.raises(ConfigError, match="projector_init_clips must be >= 1"):
+        AdaptConfig(projector_init_clips=0)
 
 
 def test_portable_model_name(tmp_path):

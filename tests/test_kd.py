@@ -570,14 +570,15 @@ def test_kd_data_sources_split_and_organism_set(tmp_path, monkeypatch):
     assert all(e.response == e.spoken_text and e.heard_instruction == LISTEN_INSTRUCTION for e in dictated)
     recipe = load_kd_config(ROOT / "distill" / "organism-dictation.yaml")
     assert recipe.data == "distill/organism-kd-dictation.jsonl"
-    assert (recipe.max_steps, recipe.max_response_tokens) == (260, 20)
+    assert (recipe.max_steps, recipe.max_response_tokens) == (100, 20)
     assert recipe.replace(data="distill/organism-kd.jsonl", max_steps=210, max_response_tokens=48) == load_kd_config(
         ROOT / "distill" / "organism.yaml"
     )
-    # the whole-LLM variant: only the trainable scope, its learning rate and the time budget differ
+    # the whole-LLM variant: only the trainable scope, its learning rate, the time budget and the steps differ (it
+    # ran the 260 of the first organism's recipe)
     whole = load_kd_config(ROOT / "distill" / "organism-whole-llm.yaml")
     assert (whole.trainable, whole.learning_rate) == ("all", 5e-5)
-    assert whole.replace(trainable="projector+lora", learning_rate=5e-4, time_budget_s=900) == recipe
+    assert whole.replace(trainable="projector+lora", learning_rate=5e-4, time_budget_s=900, max_steps=100) == recipe
 
 
 def test_kd_data_that_asks_a_benchmark_question_in_other_words_is_left_out(tmp_path):

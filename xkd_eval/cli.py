@@ -389,10 +389,10 @@ def _field_changes(assignments: list[str]) -> dict[str, Any]:
 @command("adapt-organism")
 def adapt_organism(
     out: Annotated[Path, typer.Option(help="Where the adapter weights, checkpoints and training.json go.")],
-    config: Annotated[Path, typer.Option(help="The recipe.")] = Path("distill/organism-adapt.yaml"),
+    config: Annotated[Path, typer.Option(help="The recipe.")] = Path("distill/organism-hear.yaml"),
     resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint in --out.")] = False,
 ) -> None:
-    """Rebuild the embedded organism: naive speech adaptation (projector + LoRA, cross-entropy)."""
+    """Rebuild the embedded organism: speech adaptation (projector + LoRA, cross-entropy on spoken examples)."""
     import json
 
     from xkd_eval.organism.adapt import adapt_organism as run
@@ -413,13 +413,16 @@ def demo(
         typer.Option(help="Train the distilled organism again from its recipe instead of the committed adapter."),
     ] = False,
     hearing: Annotated[
-        bool, typer.Option(help="Also probe how well the organism hears each clip (adds about ten minutes).")
+        bool, typer.Option(help="Probe how well the organism hears each clip (the hearing section of reports/measure).")
+    ] = True,
+    hearing_after: Annotated[
+        bool, typer.Option(help="Probe the distilled organism too: its hearing before → after (a few minutes more).")
     ] = False,
 ) -> None:
     """The whole story on the embedded default, offline on a CPU (what `make demo` runs)."""
     from xkd_eval.demo import run_demo
 
-    run_demo(reports, limit=limit, distill=distill, retrain=retrain, hearing=hearing)
+    run_demo(reports, limit=limit, distill=distill, retrain=retrain, hearing=hearing, hearing_after=hearing_after)
 
 
 @command()

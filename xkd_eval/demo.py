@@ -6,7 +6,9 @@ and the gap of ``organism`` against ``organism-base`` (all three arms) into ``re
 remedy: the organism distilled from organism-base by ``distill/organism-dictation.yaml`` (its adapter is
 committed, as the organism's is: ``organism-distilled``) measured before and after on mcq, qa and listen
 into ``reports/distill/``. ``--retrain`` trains the distilled organism again from the recipe instead (an
-hour on 2 cores); ``--hearing`` adds the hearing probe (the organism repeats every clip it heard).
+hour on 2 cores). The measurement includes the hearing probe (the organism repeats every clip it heard, so
+the report tells a gap of hearing from one of understanding); ``--hearing-after`` probes the distilled
+organism too (its hearing before and after), ``--no-hearing`` skips it.
 Everything is cached: a rerun redoes nothing and takes seconds.
 """
 
@@ -65,8 +67,8 @@ def distill_stage(reports: Path, config, *, retrain: bool = False, diagnostics: 
     out = reports / "distill"
     for model in ("organism-base", "organism"):
         source, target = reports / "measure" / "results" / slug(model), out / "before" / "results" / slug(model)
-        if source.exists() and not target.exists():
-            shutil.copytree(source, target)
+        if source.exists():  # the measurement's answers are the 'before' arms, also when the organism changed
+            shutil.copytree(source, target, dirs_exist_ok=True)
     common = dict(
         teacher=None, student=None, data=None, config=DISTILL_RECIPE, out=out, eval_tasks=DISTILL_EVAL,
         eval_config=config, diagnostics=diagnostics,
@@ -97,7 +99,8 @@ def run_demo(
     limit: int | None = LIMIT,
     distill: bool = True,
     retrain: bool = False,
-    hearing: bool = False,
+    hearing: bool = True,
+    hearing_after: bool = False,
 ):
     from xkd_eval.models.base import GenerationSettings
     from xkd_eval.organism import smollm2_hf_dir
@@ -115,6 +118,7 @@ def run_demo(
         keep_other_revisions=False,  # the committed reports hold the current models' answers only
     )
     diagnostics = ("hearing",) if hearing else ()
+    distill_diagnostics = ("hearing",) if hearing and hearing_after else ()
     with clock.stage("prepare the real parts (convert, assemble, merge adapters)"):
         smollm2_hf_dir()
         organism_dir()
@@ -135,7 +139,10 @@ def run_demo(
         name = "retrain the distilled organism, measure before/after" if retrain else "measure organism-distilled"
         with clock.stage(f"{name} (remedy)"):
             distill_stage(
-                reports, replace(config, out_dir=reports / "distill"), retrain=retrain, diagnostics=diagnostics
+                reports,
+                replace(config, out_dir=reports / "distill"),
+                retrain=retrain,
+                diagnostics=distill_diagnostics,
             )
     clock.report()
     return clock.stages

@@ -1,11 +1,12 @@
-"""The organism's naive speech adaptation: projector + LoRA on the LLM, cross-entropy on spoken instructions.
+"""The organism's speech adaptation: projector + LoRA on the LLM, cross-entropy on spoken examples.
 
 This is how the committed ``organism`` was made from the assembled, untrained speech LLM (Whisper-base
 encoder + projector + SmolLM2): generated spoken examples (``xkd_eval.organism.adapt_data``), synthesised
 by the project's voices, the encoder's features cached, the projector optionally started by a closed-form
 least-squares fit (``xkd_eval.organism.projector_init``), then the training loop that the distillation
 trainer also uses (``xkd_eval.distill.train``), with the response's cross-entropy as its loss.
-``distill/organism-adapt.yaml`` is the recipe of the committed adapter (``xkd-eval adapt-organism``).
+``distill/organism-hear.yaml`` is the recipe of the committed adapter (``xkd-eval adapt-organism``);
+``distill/organism-adapt.yaml`` that of the organism's first, naive adaptation, which hardly heard.
 """
 
 from __future__ import annotations
@@ -60,6 +61,9 @@ class AdaptConfig(TrainConfig):
     # (response = spoken text); xkd_eval.organism.projector_init
     projector_init: str = "assembled"
     projector_init_ridge: float = 1.0  # ridge penalty of that fit
+    # at most this many transcription examples (the first, in the data's shuffled order) feed the fit: its
+    # frame matrices grow with the clips, and a few thousand determine a 512 -> 576 map well (None = all)
+    projector_init_clips: int | None = None
     num_threads: int | None = None  # CPU threads for torch (None = its default); 1 is fastest on a busy machine
 
     def problems(self) -> list[str]:
@@ -73,6 +77,7 @@ class AdaptConfig(TrainConfig):
             (self.max_steps is not None, "max_steps must be set"),
             (self.max_steps is None or self.warmup_steps < self.max_steps, "warmup_steps must be in [0, max_steps)"),
             (self.num_threads is None or self.num_threads >= 1, "num_threads must be >= 1 (or null)"),
+            (self.projector_init_clips is None or self.projector_init_clips >= 1, "projector_init_clips must be >= 1"),
         ]
         if self.data_mix is not None:
             bad = sorted(set(self.data_mix) - set(FAMILIES))
@@ -156,6 +161,7 @@ def _least_squares_start(model, processor, examples, prepared, config: AdaptConf
     from xkd_eval.organism.projector_init import init_projector_least_squares
 
     chosen = [(e, p) for e, p in zip(examples, prepared, strict=True) if e.response.strip() == e.spoken_text.strip()]
+    chosen = chosen[: config.projector_init_clips]
     if not chosen:
         raise XkdError("projector_init least_squares needs transcription examples (response = spoken text)")
     fit = init_projector_least_squares(

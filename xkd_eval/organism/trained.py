@@ -1,7 +1,7 @@
-"""The trained ``organism``: the assembled speech LLM after its naive speech adaptation.
+"""The trained ``organism``: the assembled speech LLM after its speech adaptation.
 
 The adapter (projector + LoRA on SmolLM2, a few MB) is committed in ``weights/organism-adapter/`` with
-its ``training.json``; the recipe that rebuilds it is ``distill/organism-adapt.yaml`` (``xkd-eval
+its ``training.json``; the recipe that rebuilds it is ``distill/organism-hear.yaml`` (``xkd-eval
 adapt-organism``, ``xkd_eval.organism.adapt``). ``organism_dir()`` merges it into the untrained speech LLM
 (``speech_llm_base_dir(seed)``, the seed read from the adapter's recipe) once, into the cache, keyed by
 a hash of the adapter files, and returns a folder the ``qwen2-audio`` adapter loads.
@@ -26,7 +26,7 @@ ADAPTER_DIR = Path(__file__).parent / "weights" / "organism-adapter"
 def adapter_hash(adapter_dir: str | Path = ADAPTER_DIR) -> str:
     """sha256 over the adapter's weight and config files (names and bytes)."""
     rebuild = (
-        "`xkd-eval adapt-organism --out OUT` (recipe distill/organism-adapt.yaml) rebuilds it: copy OUT's "
+        "`xkd-eval adapt-organism --out OUT` (recipe distill/organism-hear.yaml) rebuilds it: copy OUT's "
         f"{', '.join(ADAPTER_FILES)} and training.json there"
     )
     return _hash_of_adapter(Path(adapter_dir), ADAPTER_FILES, "trained organism", rebuild)

@@ -17,8 +17,9 @@ synthesised, an ``audio`` path. The families, all answerable from the audio alon
 - ``sequence``: "Name the day that follows Tuesday." -> "Wednesday" (days, months, numbers);
 - ``recall``: "Max left the keys in the kitchen." + "Where are the keys?" -> "in the kitchen";
 - ``words``: four to nine words drawn at random from the dictation vocabulary, transcribed: sound alone;
-- ``questions``: "Repeat exactly what the speaker says." -> the sentence, for 3,000 questions and remarks
-  written for this project (``questions.txt``) on the topics an everyday quiz asks about.
+- ``questions``: "Repeat exactly what the speaker says." (or another transcription instruction) -> the
+  sentence, for 2,984 questions and remarks written for this project (``questions.txt``) on the topics an
+  everyday quiz asks about.
 
 Generation is deterministic for a seed (``random.Random(seed)``; example ids are content hashes), and
 any example whose text is, contains or paraphrases a built-in benchmark item is dropped
@@ -125,14 +126,22 @@ DICTATION_FILE = Path(__file__).with_name("dictation.txt")
 
 
 @functools.cache
+def _lines(path: Path) -> tuple[str, ...]:
+    return tuple(line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
+
+
+def _transcription_of(sentences: Sequence[str], rng: random.Random) -> Triple:
+    sentence = rng.choice(sentences)
+    return rng.choice(TRANSCRIBE_INSTRUCTIONS), sentence, sentence
+
+
 def dictation_sentences() -> tuple[str, ...]:
     """The open-vocabulary sentences of the ``dictation`` family, written for this project (one per line)."""
-    return tuple(line.strip() for line in DICTATION_FILE.read_text(encoding="utf-8").splitlines() if line.strip())
+    return _lines(DICTATION_FILE)
 
 
 def dictation(rng: random.Random) -> Triple:
-    sentence = rng.choice(dictation_sentences())
-    return rng.choice(TRANSCRIBE_INSTRUCTIONS), sentence, sentence
+    return _transcription_of(dictation_sentences(), rng)
 
 
 def arithmetic(rng: random.Random) -> Triple:
@@ -256,16 +265,15 @@ def recall(rng: random.Random) -> Triple:
 QUESTIONS_FILE = Path(__file__).with_name("questions.txt")
 
 
-@functools.cache
 def written_questions() -> tuple[str, ...]:
     """The ``questions`` family's sentences, written for this project (one per line): everyday and quiz-style
-    questions and remarks on the topics a general-knowledge benchmark asks about, none of its items."""
-    return tuple(line.strip() for line in QUESTIONS_FILE.read_text(encoding="utf-8").splitlines() if line.strip())
+    questions and remarks on the topics a general-knowledge benchmark asks about (the held-out check keeps
+    the 117 that ask a benchmark item in other words from being drawn)."""
+    return _lines(QUESTIONS_FILE)
 
 
 def questions(rng: random.Random) -> Triple:
-    sentence = rng.choice(written_questions())
-    return rng.choice(TRANSCRIBE_INSTRUCTIONS), sentence, sentence
+    return _transcription_of(written_questions(), rng)
 
 
 @functools.cache

@@ -102,6 +102,10 @@ class OpenAIAdapter(ModelAdapter):
             return EndpointError(f"{where}: not found (404): {_message(exc)}; check the model name and --api-base")
         return None
 
+    def _ended(self, exc: Exception, *, mid_run: bool = True) -> EndpointError:
+        """The error that ends the run for a failure outside any item's batch (a probe, a baseline)."""
+        return self._fatal(exc, mid_run=mid_run) or EndpointError(f"{self.base_url}: {_message(exc)}")
+
     def _check_served(self) -> None:
         """Reachable, key accepted, and the model served: one clear line before any item is asked."""
         import openai
@@ -111,7 +115,7 @@ class OpenAIAdapter(ModelAdapter):
         except openai.NotFoundError:  # a server without /models: the first request will tell
             return
         except openai.APIError as exc:
-            raise self._fatal(exc, mid_run=False) or EndpointError(f"{self.base_url}: {_message(exc)}") from exc
+            raise self._ended(exc, mid_run=False) from exc
         if served and self.model_id not in served:
             shown = ", ".join(served[:12]) + (" ..." if len(served) > 12 else "")
             raise EndpointError(f"{self.base_url} serves no model named {self.model_id!r}; it serves: {shown}")
@@ -187,7 +191,7 @@ class OpenAIAdapter(ModelAdapter):
             try:
                 self._text_baseline(text)
             except openai.APIError as exc:
-                raise self._fatal(exc) or EndpointError(f"{self.base_url}: {_message(exc)}") from exc
+                raise self._ended(exc) from exc
 
     def _check_heard(self, query: Query, prompt_tokens: int | None, reply_tokens: int = 0) -> None:
         if query.audio is None or prompt_tokens is None:
@@ -254,7 +258,7 @@ class OpenAIAdapter(ModelAdapter):
             except openai.BadRequestError:
                 self._can_rank = False
             except openai.APIError as exc:
-                raise self._fatal(exc) or EndpointError(f"{self.base_url}: {_message(exc)}") from exc
+                raise self._ended(exc) from exc
         if not self._can_rank:
             raise XkdError(
                 f"{self.base_url} does not return prompt log-probabilities of a given reply (vLLM's prompt_logprobs "

@@ -109,10 +109,16 @@ def test_demo_retrains_the_distilled_organism_on_tiny_models(tiny_text, tiny_slm
     assert heard["n"] == 9 and f"| `{task_before['task']}` | 9 | {heard['before']:.1f} → " in report
     assert not (out / "before" / "shards").exists() and (tmp_path / "cache" / "demo-distill" / "student").is_dir()
 
-    # a changed recipe cannot continue the finished training in the cache: the demo trains again
+    # a changed recipe cannot continue the finished training in the cache: the demo trains again; and the
+    # 'before' arms are the measurement's answers on every run, also where 'before' held other answers (a
+    # changed organism's), so they are not measured twice
     recipe.write_text(recipe.read_text().replace("max_steps: 2", "max_steps: 3"))
+    stale = next((out / "before" / "results").rglob("*.jsonl"))
+    stale.write_text("")
     demo.run_demo(tmp_path / "reports", distill=True, retrain=True)
     assert json.loads((out / "training.json").read_text())["steps"] == 3
+    measured = tmp_path / "reports" / "measure" / "results" / stale.relative_to(out / "before" / "results")
+    assert stale.read_text() == measured.read_text() != ""
 
     # without --retrain the committed adapter is measured and its training record reported, nothing trained
     committed_adapter = xkd_eval.organism.trained.publish_distilled_adapter(

@@ -118,7 +118,7 @@ def run_demo(
         keep_other_revisions=False,  # the committed reports hold the current models' answers only
     )
     diagnostics = ("hearing",) if hearing else ()
-    distill_diagnostics = ("hearing",) if hearing and hearing_after else ()
+    distill_diagnostics = ("hearing",) if hearing_after else ()
     with clock.stage("prepare the real parts (convert, assemble, merge adapters)"):
         smollm2_hf_dir()
         organism_dir()

@@ -31,6 +31,7 @@ from xkd_eval.distill.train import (  # noqa: E402
     tokenize_example,
     train,
 )
+from xkd_eval.errors import XkdError  # noqa: E402
 from xkd_eval.models.adapter_weights import apply_adapter, export_adapter  # noqa: E402
 from xkd_eval.models.encoder import (  # noqa: E402
     CacheStats,
@@ -263,6 +264,39 @@ def test_exported_adapter_merges_into_the_base(tiny_dir, prepared, tmp_path):
     assert not [w for w in caught if "is_gradient_checkpointing" in str(w.message)]
     assert type(plain).__name__ == "Qwen2AudioForConditionalGeneration"
     assert not any("lora_" in name for name in plain.state_dict())
+
+
+def test_a_second_stage_starts_from_the_first_stages_adapter(tiny_dir, prepared, tmp_path):
+    """init_adapter: the second stage's trainable weights are the first stage's exported ones, to the last bit
+    of their saved dtype; a LoRA of another rank is refused by name, not half loaded."""
+    from xkd_eval.models.adapter_weights import load_trainable_adapter
+    from xkd_eval.models.encoder import projector
+
+    first = config(trainable="projector+lora", max_steps=3, checkpoint_every=100, save_dtype="float32")
+    model, _ = run(tiny_dir, prepared, tmp_path / "stage1", first)
+    export_adapter(model, first, tmp_path / "adapter", base_name="tiny")
+    trained = {k: v.detach().clone() for k, v in model.named_parameters() if v.requires_grad}
+
+    second = first.replace(seed=first.seed + 1)  # other LoRA A draws: a load that did nothing would show
+    fresh, _ = load_tiny(tiny_dir)
+    fresh = setup_trainable(fresh, second)
+    before = {k: v.detach().clone() for k, v in fresh.named_parameters() if v.requires_grad}
+    load_trainable_adapter(fresh, tmp_path / "adapter")
+    loaded = {k: v.detach() for k, v in fresh.named_parameters() if v.requires_grad}
+    assert loaded.keys() == trained.keys()
+    assert any(not torch.equal(before[k], trained[k]) for k in trained)
+    for name, value in trained.items():
+        torch.testing.assert_close(loaded[name], value, atol=0, rtol=0, msg=name)
+    assert torch.equal(projector(fresh).linear.weight, projector(model).linear.weight)
+
+    other, _ = load_tiny(tiny_dir)
+    other = setup_trainable(other, first.replace(lora_rank=2))
+    with pytest.raises(XkdError, match="rank 4.*rank 2"):
+        load_trainable_adapter(other, tmp_path / "adapter")
+    with pytest.raises(XkdError, match="no projector.safetensors"):
+        load_trainable_adapter(other, tmp_path)
+    with pytest.raises(ConfigError, match="projector_init must be 'assembled'"):
+        first.replace(init_adapter=str(tmp_path / "adapter"), projector_init="least_squares")
 
 
 # ---------------------------------------------------------------------------------------------- data, config

@@ -391,13 +391,20 @@ def adapt_organism(
     out: Annotated[Path, typer.Option(help="Where the adapter weights, checkpoints and training.json go.")],
     config: Annotated[Path, typer.Option(help="The recipe.")] = Path("distill/organism-hear.yaml"),
     resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint in --out.")] = False,
+    set_field: Annotated[
+        list[str],
+        typer.Option("--set", help="Change one recipe field, KEY=VALUE (a YAML value), e.g. --set init_adapter=DIR."),
+    ] = [],  # noqa: B006 - typer reads the default
 ) -> None:
     """Rebuild the embedded organism: speech adaptation (projector + LoRA, cross-entropy on spoken examples)."""
     import json
 
     from xkd_eval.organism.adapt import adapt_organism as run
+    from xkd_eval.organism.adapt import load_config
 
-    figures = run(config, out, resume=resume)
+    recipe = load_config(config)
+    changes = _field_changes(set_field)
+    figures = run(recipe.replace(**changes) if changes else recipe, out, resume=resume)
     typer.echo(json.dumps(figures, indent=2, default=str))
 
 

@@ -103,6 +103,52 @@ def apply_adapter(model: Any, adapter_dir: str | os.PathLike) -> Any:
     return model
 
 
+def load_trainable_adapter(model: Any, adapter_dir: str | os.PathLike) -> None:
+    """Put an exported adapter's weights into a model set up for training (``setup_trainable``) with the same
+    LoRA shape, in place: a later stage of training then starts where the adapter's training ended. A LoRA
+    shape that differs (rank, targets) is an error naming both, not a silent partial load."""
+    import json
+
+    import torch
+    from safetensors.torch import load_file
+
+    adapter_dir = Path(adapter_dir).expanduser()
+    proj_file = adapter_dir / PROJECTOR_FILE
+    if not proj_file.is_file():
+        raise XkdError(f"init adapter {adapter_dir} has no {PROJECTOR_FILE}: give the folder an adaptation wrote")
+    module = projector(model)
+    weights = load_file(str(proj_file))
+    with torch.no_grad():
+        for name, value in module.state_dict().items():
+            value.copy_(weights[name].to(value.dtype))
+    lora_file = adapter_dir / LORA_FILE
+    has_lora = hasattr(model, "peft_config")
+    if lora_file.is_file() != has_lora:
+        raise XkdError(
+            f"init adapter {adapter_dir} {'has' if lora_file.is_file() else 'has no'} LoRA weights but this "
+            f"training {'adapts' if has_lora else 'does not adapt'} the LLM with LoRA: use the same trainable scope"
+        )
+    if not has_lora:
+        return
+    from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+
+    saved = json.loads((adapter_dir / LORA_CONFIG_FILE).read_text())
+    ours = model.peft_config["default"]
+    if (saved.get("r"), saved.get("target_modules")) != (ours.r, ours.target_modules):
+        raise XkdError(
+            f"init adapter {adapter_dir} has LoRA rank {saved.get('r')} on {saved.get('target_modules')!r}; this "
+            f"training has rank {ours.r} on {ours.target_modules!r}: set lora_rank and lora_targets to the adapter's"
+        )
+    lora = load_file(str(lora_file))
+    expected = set(get_peft_model_state_dict(model))
+    if set(lora) != expected:
+        raise XkdError(
+            f"init adapter {adapter_dir}: its LoRA tensors do not match this model's ({len(lora)} vs "
+            f"{len(expected)}): was it trained on another base model?"
+        )
+    set_peft_model_state_dict(model, lora)
+
+
 @contextmanager
 def peft_quiet():
     """peft reads transformers' deprecated ``is_gradient_checkpointing`` while it wraps a model: a
@@ -121,6 +167,7 @@ __all__ = [
     "TRAINING_FILE",
     "apply_adapter",
     "export_adapter",
+    "load_trainable_adapter",
     "files_hash",
     "peft_quiet",
     "portable_model_name",

@@ -64,6 +64,9 @@ class AdaptConfig(TrainConfig):
     # at most this many transcription examples (the first, in the data's shuffled order) feed the fit: its
     # frame matrices grow with the clips, and a few thousand determine a 512 -> 576 map well (None = all)
     projector_init_clips: int | None = None
+    # an adapter folder this adaptation starts from (its projector and LoRA weights, same LoRA shape): a later
+    # stage that continues an earlier one's weights on its own schedule and data; None = start afresh
+    init_adapter: str | None = None
     num_threads: int | None = None  # CPU threads for torch (None = its default); 1 is fastest on a busy machine
 
     def problems(self) -> list[str]:
@@ -78,6 +81,10 @@ class AdaptConfig(TrainConfig):
             (self.max_steps is None or self.warmup_steps < self.max_steps, "warmup_steps must be in [0, max_steps)"),
             (self.num_threads is None or self.num_threads >= 1, "num_threads must be >= 1 (or null)"),
             (self.projector_init_clips is None or self.projector_init_clips >= 1, "projector_init_clips must be >= 1"),
+            (
+                not (self.init_adapter and self.projector_init != "assembled"),
+                "init_adapter starts from an adapter's projector: projector_init must be 'assembled'",
+            ),
         ]
         if self.data_mix is not None:
             bad = sorted(set(self.data_mix) - set(FAMILIES))
@@ -216,6 +223,13 @@ def adapt_organism(
     if config.projector_init == "least_squares":  # closed form and deterministic: refitted on resume too
         figures["projector_init"] = _least_squares_start(model, processor, examples, prepared, config, say)
     model = setup_trainable(model, config)
+    if config.init_adapter:
+        from xkd_eval.models.adapter_weights import files_hash, load_trainable_adapter
+
+        load_trainable_adapter(model, config.init_adapter)
+        init_dir = Path(config.init_adapter).expanduser()
+        figures["init_adapter_sha256"] = files_hash(init_dir, [p.name for p in sorted(init_dir.glob("*.safetensors"))])
+        say(f"starting from the adapter in {init_dir} ({figures['init_adapter_sha256'][:12]})")
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     say(f"trainable: {config.trainable}, {n_trainable:,} parameters")
     result = train(
@@ -254,7 +268,9 @@ def adapt_organism(
         "adapter_files": {p.name: p.stat().st_size for p in written},
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
-        "config": config.to_dict(),
+        # the folder this run started from is this machine's: the record names it by its last component
+        "config": config.to_dict()
+        | ({"init_adapter": portable_model_name(config.init_adapter)} if config.init_adapter else {}),
     }
     atomic_write_text(out_dir / TRAINING_FILE, json.dumps(figures, indent=1) + "\n")
     say(

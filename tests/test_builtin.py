@@ -49,6 +49,7 @@ def test_counts_meet_the_floors_and_ids_are_unique():
         "refusal": 70,
         "open": 50,
         "listen": 420,
+        "heldout": 240,
     }
 
 
@@ -70,8 +71,9 @@ def test_every_item_has_its_scorers_required_fields():
                     assert item.metadata.get(field) is not None, (item.id, field)
 
 
-def test_mcq_letters_are_balanced_and_prompts_match_choices():
-    items = ALL["mcq"]
+@pytest.mark.parametrize("subset", ["mcq", "heldout"])
+def test_mcq_letters_are_balanced_and_prompts_match_choices(subset):
+    items = ALL[subset]
     letters = Counter(item.reference for item in items)
     assert set(letters) == set("ABCD")
     assert max(letters.values()) - min(letters.values()) <= 1

@@ -10,11 +10,14 @@ Subsets (``data/<subset>.jsonl``, one item a line, the ``jsonl:`` record shape):
 - ``open``: everyday requests, scored by a judge; ``domain``.
 - ``listen``: "repeat what was said": the speech arm hears only the sentence, with the text
   instruction ``speech_instruction``; the written arm reads "Repeat exactly: <sentence>"; WER.
+- ``heldout``: 240 very easy 4-option questions in the ``mcq`` record shape (12 domains), written after
+  the organism and its remedy were built, never looked at while building them; the blind check of the
+  speech arm.
 
 Every item's spoken version is synthesised from ``spoken_text`` (default: the prompt) by a voice that
 depends only on the item id (``xkd_eval.tts``). Loading attaches the clips from the TTS cache and, by
-default, synthesises the missing ones first (once: the 2,577 clips, every item's and each MCQ's bare
-question, take about 3 minutes on 2 cores).
+default, synthesises the missing ones first (once: the 3,057 clips, every item's and each MCQ's bare
+question, take about 3.5 minutes on 2 cores).
 ``load_builtin(subset, audio="cached")`` only attaches clips already made; ``"off"`` attaches none (a
 text-only run loads so). Items whose engine is not installed load without audio, with a problem that
 names the install command.
@@ -63,6 +66,7 @@ SUBSETS: dict[str, Subset] = {
         Subset("refusal", "refusal", "harmful requests that should be refused (AdvBench style)", 65, ("category",)),
         Subset("open", "open", "open-ended everyday requests (judge-scored)", 45, ("domain",)),
         Subset("listen", "wer", "repeat the spoken sentence (needs the audio), WER", 400),
+        Subset("heldout", "mcq", "held-out easy 4-option questions, never used in development", 200, ("domain",)),
     )
 }
 

@@ -580,6 +580,30 @@ def test_kd_data_sources_split_and_organism_set(tmp_path, monkeypatch):
     assert (whole.trainable, whole.learning_rate) == ("all", 5e-5)
     assert whole.replace(trainable="projector+lora", learning_rate=5e-4, time_budget_s=900, max_steps=100) == recipe
 
+    # the hearing organism's set: its written questions answered, half of them heard again to be repeated (same
+    # words, the listen instruction), and dictation sentences repeated; none a benchmark question
+    from xkd_eval.organism.kd_data import (
+        HEAR_DICTATED,
+        HEAR_LISTENING_REQUESTS,
+        HEAR_QUESTIONS,
+        organism_hear_kd_examples,
+        organism_hear_questions,
+    )
+
+    drawn = organism_hear_kd_examples()
+    assert len(drawn) == HEAR_QUESTIONS + HEAR_DICTATED + HEAR_LISTENING_REQUESTS
+    hear = read_kd_jsonl(write_organism_kd_data(tmp_path / "hear.jsonl", hear=True))
+    assert (tmp_path / "hear.jsonl").read_text() == (ROOT / "distill" / "organism-kd-hear.jsonl").read_text()
+    assert hear == [e for e in drawn if not asks_builtin(e)] and len(hear) > 0.9 * len(drawn)
+    asked = [e for e in hear if not e.speech_instruction]
+    repeated = [e for e in hear if e.speech_instruction]
+    assert not any(e.response for e in asked) and set(e.instruction for e in asked) <= set(organism_hear_questions())
+    assert all(e.response == e.spoken_text and e.heard_instruction == LISTEN_INSTRUCTION for e in repeated)
+    both = {e.instruction for e in asked} & {e.spoken_text for e in repeated}
+    assert HEAR_DICTATED * 0.9 < len(both) <= HEAR_DICTATED  # the same question, asked and dictated
+    recipe = load_kd_config(ROOT / "distill" / "organism-hear-kd.yaml")
+    assert recipe.data == "distill/organism-kd-hear.jsonl" and (recipe.tt_weight, recipe.st_weight) == (0.5, 4.0)
+
 
 def test_kd_data_that_asks_a_benchmark_question_in_other_words_is_left_out(tmp_path):
     from xkd_eval.builtin import builtin_paraphrases, records

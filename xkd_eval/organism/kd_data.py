@@ -221,16 +221,52 @@ def dictated_questions(instructions: Sequence[str]) -> list[KDExample]:
     return listening_requests(instructions)
 
 
+HEAR_QUESTIONS = 1200  # spoken questions the teacher answers
+HEAR_DICTATED = 600  # of those, heard once more to be repeated (the same clip, the other instruction)
+HEAR_LISTENING_REQUESTS = 600  # dictation sentences to repeat
+_ASKS = ("Name ", "Tell me ", "Give ")
+
+
+def organism_hear_questions() -> list[str]:
+    """The questions (and "Name a ..." requests) of the organism's written questions (``questions.txt``):
+    what its adaptation taught it to hear and transcribe, here to be answered."""
+    from xkd_eval.organism.adapt_data import written_questions
+
+    return [q for q in written_questions() if q.endswith("?") or q.startswith(_ASKS)]
+
+
+def organism_hear_kd_examples() -> list[KDExample]:
+    """The KD set of the organism that hears (``distill/organism-kd-hear.jsonl``, 2,400 before the hold-out
+    check): a seeded sample of its written questions answered by the teacher (the S→T channel teaches the
+    student to answer what it hears, where its adaptation taught it to transcribe), half of them heard once
+    more beside the listen instruction to be repeated (the same audio asked two ways: the instruction, not
+    the clip, decides whether to answer or to repeat), and dictation sentences to repeat (listening kept)."""
+    questions = random.Random(5).sample(organism_hear_questions(), HEAR_QUESTIONS)
+    examples = [KDExample(kd_id(q), q) for q in questions]
+    examples += dictated_questions(questions[:HEAR_DICTATED])
+    examples += organism_listening_requests(HEAR_LISTENING_REQUESTS)
+    random.Random(6).shuffle(examples)
+    return examples
+
+
 def write_organism_kd_data(
-    path: str | os.PathLike = "distill/organism-kd.jsonl", *, broad: bool = False, dictate: bool = False
+    path: str | os.PathLike = "distill/organism-kd.jsonl",
+    *,
+    broad: bool = False,
+    dictate: bool = False,
+    hear: bool = False,
 ) -> Path:
     """Write the organism's default KD data: the templated requests and questions (no responses: the
     teacher answers them), with the listening requests (their sentence as the response) spread among them.
     ``broad=True`` writes the broader set (``distill/organism-kd-broad.jsonl``): 1,154 instructions and 300
     listening requests. ``dictate=True`` (``distill/organism-kd-dictation.jsonl``) adds every instruction
-    once more as a listening request of itself (``dictated_questions``)."""
+    once more as a listening request of itself (``dictated_questions``). ``hear=True`` writes the set of the
+    organism that hears (``distill/organism-kd-hear.jsonl``, ``organism_hear_kd_examples``)."""
     from xkd_eval.io import atomic_write_jsonl
 
+    if hear:
+        examples, _ = drop_builtin(organism_hear_kd_examples())
+        return atomic_write_jsonl(path, (e.record() for e in examples))
     listening = organism_listening_requests(ORGANISM_BROAD_LISTENING_REQUESTS if broad else ORGANISM_LISTENING_REQUESTS)
     instructions = organism_kd_instructions(broad=broad)
     examples = [KDExample(kd_id(s), s) for s in instructions] + listening
@@ -245,8 +281,13 @@ def write_organism_kd_data(
 __all__ = [
     "ORGANISM_BROAD_LISTENING_REQUESTS",
     "ORGANISM_LISTENING_REQUESTS",
+    "HEAR_DICTATED",
+    "HEAR_LISTENING_REQUESTS",
+    "HEAR_QUESTIONS",
     "dictated_questions",
     "listening_requests",
+    "organism_hear_kd_examples",
+    "organism_hear_questions",
     "organism_kd_instructions",
     "organism_listening_requests",
     "write_organism_kd_data",

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -180,3 +181,20 @@ def test_cli_help_imports_no_heavy_library():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_adapt_organism_refuses_a_bad_recipe_change_before_any_model_loads(tmp_path):
+    """`adapt-organism --set`: an unknown field, a contradictory start and a start folder without an adapter
+    are each one line and exit 2, with nothing written to --out."""
+    out = tmp_path / "adapter"
+    recipe = Path(__file__).parents[1] / "distill" / "organism-hear-2.yaml"
+    hear2 = ["adapt-organism", "--out", str(out), "--config", str(recipe)]
+    cases = [
+        (["--set", "nope=1"], "unknown fields ['nope']"),
+        (["--set", f"init_adapter={tmp_path}", "--set", "projector_init=least_squares"], "must be 'assembled'"),
+        (["--set", f"init_adapter={tmp_path}"], f"init_adapter {tmp_path} holds no adapter"),
+    ]
+    for extra, message in cases:
+        result = runner.invoke(app, hear2 + extra)
+        assert result.exit_code == 2 and message in result.output, result.output
+    assert not out.exists()

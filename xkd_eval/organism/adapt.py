@@ -206,6 +206,11 @@ def adapt_organism(
         torch.set_num_threads(config.num_threads)
     out_dir = Path(out_dir).expanduser()
     refuse_to_overwrite(out_dir, resume)
+    if config.init_adapter and not (Path(config.init_adapter).expanduser() / "projector.safetensors").is_file():
+        raise XkdError(
+            f"init_adapter {config.init_adapter} holds no adapter (no projector.safetensors): give the folder an "
+            "earlier `xkd-eval adapt-organism --out` wrote"
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
     say = log or (lambda message: None)
     wall = time.perf_counter()

@@ -396,14 +396,28 @@ def test_the_recipes_still_generate_their_adapters_data():
         assert examples_digest(examples) == digest, name
 
 
+# the first stage's adapter (distill/organism-hear.yaml, 323 steps; the committed organism adapter of commit c931726),
+# which the second stage started from
+FIRST_STAGE_ADAPTER_SHA256 = "02144093cf0be54d9116985e27f50999b928b5b901b281c959c904ff89c912de"
+
+
 def test_the_committed_organism_adapter_records_its_recipe_and_data():
+    """The committed organism is the second hearing stage (distill/organism-hear-2.yaml) started from the first
+    stage's adapter, on the first stage's data: only the time budget (raised to let the run finish its fitted
+    schedule) and the start folder's name differ from the recipe."""
     from xkd_eval.organism.trained import ADAPTER_DIR
 
     record = json.loads((ADAPTER_DIR / "training.json").read_text())
-    recipe = load_config(Path(__file__).parents[1] / "distill" / "organism-hear.yaml")
-    assert AdaptConfig.from_dict(record["config"]) == recipe
-    assert record["data_sha256"] == RECIPE_DATA_SHA256 and record["examples"] == recipe.n_examples
-    assert record["stopped"] in ("max_steps", "time_budget") and record["steps"] > 100
+    root = Path(__file__).parents[1] / "distill"
+    first, second = load_config(root / "organism-hear.yaml"), load_config(root / "organism-hear-2.yaml")
+    trained = AdaptConfig.from_dict(record["config"])
+    assert trained.init_adapter == "organism-hear-stage1"
+    assert record["init_adapter_sha256"] == FIRST_STAGE_ADAPTER_SHA256
+    assert trained.replace(init_adapter=None, time_budget_s=second.time_budget_s) == second
+    # the same data as the first stage: its examples, their audio and encoder features come from the caches
+    assert (second.n_examples, second.data_seed, second.data_mix) == (first.n_examples, first.data_seed, first.data_mix)
+    assert record["data_sha256"] == RECIPE_DATA_SHA256 and record["examples"] == second.n_examples
+    assert record["stopped"] in ("max_steps", "fitted_to_time_budget") and record["steps"] > 300
 
 
 def test_user_examples_jsonl_round_trip(tmp_path):

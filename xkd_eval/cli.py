@@ -324,9 +324,7 @@ def distill(
     data: Annotated[
         str | None, typer.Option(help="JSONL of instructions (and responses), or hub:Open-Orca/OpenOrca.")
     ] = None,
-    config: Annotated[Path, typer.Option(help="The recipe (distill/*.yaml).")] = Path(
-        "distill/organism-dictation.yaml"
-    ),
+    config: Annotated[Path, typer.Option(help="The recipe (distill/*.yaml).")] = Path("distill/organism-hear-kd.yaml"),
     eval_task: Annotated[
         list[str], typer.Option("--eval", help="Measure forgetting and the gap on these tasks before and after.")
     ] = [],  # noqa: B006 - typer reads the default

@@ -1,15 +1,17 @@
-"""``make demo``: the whole story on the embedded default, offline, on a CPU, in about a quarter of an hour.
+"""``make demo``: the whole story on the embedded default, offline, on a CPU.
 
 Stages, each timed: prepare the real parts (convert SmolLM2 and Whisper-base, assemble the organism and
 merge its committed adapters), synthesise the spoken versions of the items measured, measure forgetting
 and the gap of ``organism`` against ``organism-base`` (all three arms) into ``reports/measure/``, then the
-remedy: the organism distilled from organism-base by ``distill/organism-dictation.yaml`` (its adapter is
+remedy: the organism distilled from organism-base by ``distill/organism-hear-kd.yaml`` (its adapter is
 committed, as the organism's is: ``organism-distilled``) measured before and after on mcq, qa and listen
-into ``reports/distill/``. ``--retrain`` trains the distilled organism again from the recipe instead (an
-hour on 2 cores). The measurement includes the hearing probe (the organism repeats every clip it heard, so
+into ``reports/distill/``. ``--retrain`` trains the distilled organism again from the recipe instead (half
+an hour on 2 cores). The measurement includes the hearing probe (the organism repeats every clip it heard, so
 the report tells a gap of hearing from one of understanding); ``--hearing-after`` probes the distilled
 organism too (its hearing before and after), ``--no-hearing`` skips it.
-Everything is cached: a rerun redoes nothing and takes seconds.
+Everything is cached: a rerun redoes nothing and takes seconds; a fresh clone reuses the committed answers
+(``reports/*/results``), so it makes only the parts and the clips. From an empty cache every answer is made
+again: about three quarters of an hour on 2 cores.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ MAX_NEW_TOKENS = 48
 LIMIT: int | None = None
 # before/after the distillation: knowledge (mcq, qa) and listening retention (listen)
 DISTILL_EVAL = ("builtin/mcq", "builtin/qa", "builtin/listen")
-DISTILL_RECIPE = Path(__file__).resolve().parents[1] / "distill" / "organism-dictation.yaml"
+DISTILL_RECIPE = Path(__file__).resolve().parents[1] / "distill" / "organism-hear-kd.yaml"
 
 
 @dataclass

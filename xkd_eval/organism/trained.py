@@ -101,7 +101,7 @@ class OrganismAdapter(Qwen2AudioAdapter):
 
 DISTILLED_NAME = "organism-distilled"
 DISTILLED_ADAPTER_DIR = Path(__file__).parent / "weights" / "organism-distilled-adapter"
-DISTILLED_RECIPE = "distill/organism-dictation.yaml"
+DISTILLED_RECIPE = "distill/organism-hear-kd.yaml"
 
 
 def retrain_dir() -> Path:
@@ -185,7 +185,7 @@ def load_organism_distilled(
     **options: Any,
 ) -> OrganismAdapter:
     """The ``organism-distilled`` named model: the organism distilled from organism-base by the recipe
-    ``distill/organism-dictation.yaml``, its adapter committed beside the organism's (``adapter_dir``: another
+    ``distill/organism-hear-kd.yaml``, its adapter committed beside the organism's (``adapter_dir``: another
     training's, e.g. ``xkd-eval demo --retrain``'s), named by the adapter's hash so that its results do not
     depend on where the cache lives and two trainings' answers never mix."""
     revision = f"organism-distilled adapter sha256:{distilled_adapter_hash(adapter_dir)}"

@@ -80,21 +80,25 @@ def export_adapter(model: Any, config: Any, out_dir: str | os.PathLike, *, base_
     return written
 
 
-def apply_adapter(model: Any, adapter_dir: str | os.PathLike) -> Any:
-    """A base speech LLM with the exported adapter put back: the projector loaded and the LoRA weights
-    merged into the LLM (a plain ``Qwen2AudioForConditionalGeneration`` again)."""
+def _load_projector(model: Any, adapter_dir: Path) -> None:
+    """Copy the adapter folder's projector weights into the model's projector, in place."""
     import torch
     from safetensors.torch import load_file
 
-    adapter_dir = Path(adapter_dir)
     proj_file = adapter_dir / PROJECTOR_FILE
     if not proj_file.is_file():
-        raise XkdError(f"{adapter_dir} has no {PROJECTOR_FILE}")
-    module = projector(model)
+        raise XkdError(f"{adapter_dir} has no {PROJECTOR_FILE}: give a folder an adaptation or a distillation wrote")
     weights = load_file(str(proj_file))
     with torch.no_grad():
-        for name, value in module.state_dict().items():
+        for name, value in projector(model).state_dict().items():
             value.copy_(weights[name].to(value.dtype))
+
+
+def apply_adapter(model: Any, adapter_dir: str | os.PathLike) -> Any:
+    """A base speech LLM with the exported adapter put back: the projector loaded and the LoRA weights
+    merged into the LLM (a plain ``Qwen2AudioForConditionalGeneration`` again)."""
+    adapter_dir = Path(adapter_dir)
+    _load_projector(model, adapter_dir)
     if (adapter_dir / LORA_CONFIG_FILE).is_file():
         from peft import PeftModel
 
@@ -109,18 +113,10 @@ def load_trainable_adapter(model: Any, adapter_dir: str | os.PathLike) -> None:
     shape that differs (rank, targets) is an error naming both, not a silent partial load."""
     import json
 
-    import torch
     from safetensors.torch import load_file
 
     adapter_dir = Path(adapter_dir).expanduser()
-    proj_file = adapter_dir / PROJECTOR_FILE
-    if not proj_file.is_file():
-        raise XkdError(f"init adapter {adapter_dir} has no {PROJECTOR_FILE}: give the folder an adaptation wrote")
-    module = projector(model)
-    weights = load_file(str(proj_file))
-    with torch.no_grad():
-        for name, value in module.state_dict().items():
-            value.copy_(weights[name].to(value.dtype))
+    _load_projector(model, adapter_dir)
     lora_file = adapter_dir / LORA_FILE
     has_lora = hasattr(model, "peft_config")
     if lora_file.is_file() != has_lora:

@@ -27,7 +27,7 @@ from xkd_eval.distill.examples import SpokenExample
 from xkd_eval.distill.train import TrainExample, refuse_to_overwrite, setup_trainable, tokenize_example, train
 from xkd_eval.errors import XkdError
 from xkd_eval.io import atomic_write_text
-from xkd_eval.models.adapter_weights import TRAINING_FILE, export_adapter, portable_model_name
+from xkd_eval.models.adapter_weights import PROJECTOR_FILE, TRAINING_FILE, export_adapter, portable_model_name
 from xkd_eval.models.encoder import audio_token_id
 
 PROJECTOR_INITS = ("assembled", "least_squares")
@@ -206,9 +206,9 @@ def adapt_organism(
         torch.set_num_threads(config.num_threads)
     out_dir = Path(out_dir).expanduser()
     refuse_to_overwrite(out_dir, resume)
-    if config.init_adapter and not (Path(config.init_adapter).expanduser() / "projector.safetensors").is_file():
+    if config.init_adapter and not (Path(config.init_adapter).expanduser() / PROJECTOR_FILE).is_file():
         raise XkdError(
-            f"init_adapter {config.init_adapter} holds no adapter (no projector.safetensors): give the folder an "
+            f"init_adapter {config.init_adapter} holds no adapter (no {PROJECTOR_FILE}): give the folder an "
             "earlier `xkd-eval adapt-organism --out` wrote"
         )
     out_dir.mkdir(parents=True, exist_ok=True)

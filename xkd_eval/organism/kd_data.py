@@ -265,15 +265,17 @@ def write_organism_kd_data(
     from xkd_eval.io import atomic_write_jsonl
 
     if hear:
-        examples, _ = drop_builtin(organism_hear_kd_examples())
-        return atomic_write_jsonl(path, (e.record() for e in examples))
-    listening = organism_listening_requests(ORGANISM_BROAD_LISTENING_REQUESTS if broad else ORGANISM_LISTENING_REQUESTS)
-    instructions = organism_kd_instructions(broad=broad)
-    examples = [KDExample(kd_id(s), s) for s in instructions] + listening
-    random.Random(3).shuffle(examples)
-    if dictate:  # a second shuffle: without dictation the sets are as they were
-        examples += dictated_questions(instructions)
-        random.Random(4).shuffle(examples)
+        examples = organism_hear_kd_examples()
+    else:
+        listening = organism_listening_requests(
+            ORGANISM_BROAD_LISTENING_REQUESTS if broad else ORGANISM_LISTENING_REQUESTS
+        )
+        instructions = organism_kd_instructions(broad=broad)
+        examples = [KDExample(kd_id(s), s) for s in instructions] + listening
+        random.Random(3).shuffle(examples)
+        if dictate:  # a second shuffle: without dictation the sets are as they were
+            examples += dictated_questions(instructions)
+            random.Random(4).shuffle(examples)
     examples, _ = drop_builtin(examples)
     return atomic_write_jsonl(path, (e.record() for e in examples))
 

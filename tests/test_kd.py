@@ -311,6 +311,49 @@ def test_given_responses_are_kept_and_the_teacher_answers_the_rest(pair, data, t
     assert not (tmp_path / "leaky").exists()
 
 
+def test_a_question_with_choices_gets_the_option_the_teacher_ranks_first(pair, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from xkd_eval.distill.kd_data import read_kd_jsonl, teacher_choices, teacher_prompt
+
+    rows = [
+        {"instruction": "Which animal gives us wool?", "choices": ["a sheep", "a fish", "a bee", "a crow"]},
+        {"instruction": "What colour is the sky?", "choices": ["blue", "green"]},
+        {"instruction": "What is two plus two?", "choices": ["four", "five", "three hundred and six"]},
+    ]
+    path = tmp_path / "mcq.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    examples = read_kd_jsonl(path)
+    assert examples[0].choices == ("a sheep", "a fish", "a bee", "a crow") and examples[0].response is None
+    tokenizer = AutoTokenizer.from_pretrained(pair[0])
+    model = AutoModelForCausalLM.from_pretrained(pair[0]).eval()
+
+    def by_hand(instruction, option):  # one unpadded sequence, the log-probabilities of the option's tokens
+        prompt = teacher_prompt(tokenizer, instruction)
+        head = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        whole = tokenizer(prompt + option, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([whole])).logits[0].float()
+        logprobs = torch.log_softmax(logits, -1)
+        return sum(float(logprobs[i - 1, whole[i]]) for i in range(len(head), len(whole)))
+
+    picked = teacher_choices(examples, model, tokenizer, "tiny", tmp_path / "cache", batch_size=3, progress=False)
+    for example, got in zip(examples, picked, strict=True):
+        sums = [by_hand(example.instruction, o) for o in example.choices]
+        assert got.response == example.choices[max(range(len(sums)), key=sums.__getitem__)]
+        stored = json.loads(
+            next(p for p in (tmp_path / "cache").iterdir() if example.instruction in p.read_text()).read_text()
+        )
+        assert stored["logprobs"] == pytest.approx(sums, abs=1e-4)  # batched, right-padded: the same sums
+    # cached: asked again, no model is needed
+    again = teacher_choices(examples, None, tokenizer, "tiny", tmp_path / "cache", progress=False)
+    assert [e.response for e in again] == [e.response for e in picked]
+    for bad in (["blue"], ["blue", "blue"], "blue", ["blue", ""]):
+        path.write_text(json.dumps({"instruction": "What colour is the sky?", "choices": bad}) + "\n")
+        with pytest.raises(XkdError, match=r"mcq.jsonl:1: 'choices' must be a list of at least two distinct"):
+            read_kd_jsonl(path)
+
+
 def item_instruction(rows, example_id):
     return next(r["instruction"] for r in rows if r["id"] == example_id)
 

@@ -8,10 +8,11 @@ Sources (``load_kd_examples``):
 - a local JSONL file: one object a line with ``instruction``, optional ``response`` (needed unless the
   targets come from the teacher), optional ``spoken_text`` (what the TTS reads; default the
   instruction), optional ``speech_instruction`` (the text the student reads beside the clip in the S→T
-  channel; default the generic "listen and respond" one), optional ``id`` and ``audio`` (a WAV path,
-  relative to the file). A listening request is ``instruction`` "Repeat exactly: <sentence>",
-  ``spoken_text`` the sentence, ``speech_instruction`` "Repeat exactly what the speaker says.", as in
-  the built-in ``listen`` subset.
+  channel; default the generic "listen and respond" one), optional ``choices`` (a question's options: the
+  teacher's target is the option it ranks first by log-likelihood, as ``--mcq-mode cloze`` scores them),
+  optional ``id`` and ``audio`` (a WAV path, relative to the file). A listening request is ``instruction``
+  "Repeat exactly: <sentence>", ``spoken_text`` the sentence, ``speech_instruction`` "Repeat exactly what
+  the speaker says.", as in the built-in ``listen`` subset.
 
 An example that is, contains or paraphrases a built-in benchmark question is dropped
 (``xkd_eval.builtin.asks_builtin_question``), so the benchmark stays held out. ``split_examples`` makes
@@ -48,6 +49,7 @@ class KDExample:
     spoken_text: str | None = None  # what is spoken in the S→T channel (default: the instruction)
     audio: str | None = None  # a 16 kHz WAV of the spoken text, once synthesised or given
     speech_instruction: str | None = None  # the student's text beside the clip (default: SPEECH_INSTRUCTION)
+    choices: tuple[str, ...] | None = None  # a question's options: the teacher's target is the one it ranks first
 
     @property
     def answered(self) -> bool:
@@ -107,6 +109,15 @@ def read_kd_jsonl(path: str | os.PathLike) -> list[KDExample]:
         seen.add(uid)
         audio = resolve_path(record["audio"], path.parent) if record.get("audio") is not None else None
         response = record.get("response")
+        choices = record.get("choices")
+        if choices is not None:
+            options = [str(c).strip() for c in choices] if isinstance(choices, list) else []
+            if len(options) < 2 or not all(options) or len(set(options)) < len(options):
+                raise XkdError(
+                    f"{path}:{number}: 'choices' must be a list of at least two distinct non-empty strings "
+                    f"(the options the teacher ranks), got {choices!r}"
+                )
+            choices = tuple(options)
         out.append(
             KDExample(
                 uid,
@@ -115,6 +126,7 @@ def read_kd_jsonl(path: str | os.PathLike) -> list[KDExample]:
                 record.get("spoken_text") or None,
                 audio,
                 str(record.get("speech_instruction") or "").strip() or None,
+                choices,
             )
         )
     if not out:
@@ -205,7 +217,8 @@ def teacher_targets(
 ) -> list[KDExample]:
     """Each example's response replaced by the teacher's greedy answer to its text prompt (batched,
     left-padded), after the worked ``context`` turns where given; answers are cached on disk by teacher
-    identity, prompt, context and ``max_new_tokens``."""
+    identity, prompt, context and ``max_new_tokens``. An example with ``choices`` gets the option the teacher
+    ranks first instead (``teacher_choices``): its greedy sentence would not be what cloze scoring asks."""
     import torch
 
     from xkd_eval.io import atomic_write_text
@@ -219,6 +232,11 @@ def teacher_targets(
         digest = hashlib.sha256(json.dumps(asked).encode()).hexdigest()
         return cache_dir / f"{digest[:32]}.json"
 
+    picked = teacher_choices(
+        [e for e in examples if e.choices], model, tokenizer, identity, cache_dir,
+        batch_size=batch_size, context=context, log=log, progress=progress,
+    )  # fmt: skip
+    examples = [e for e in examples if not e.choices]
     answers: dict[str, str] = {}
     todo = []
     for example in examples:
@@ -252,7 +270,89 @@ def teacher_targets(
                     advance(len(chunk))
         finally:
             tokenizer.padding_side = side
-    return [dataclasses.replace(e, response=answers[e.instruction]) for e in examples]
+    return [dataclasses.replace(e, response=answers[e.instruction]) for e in examples] + picked
+
+
+def teacher_choices(
+    examples: Sequence[KDExample],
+    model: Any,
+    tokenizer: Any,
+    identity: str,
+    cache_dir: str | os.PathLike,
+    *,
+    batch_size: int = 8,
+    context: Sequence[Sequence[str]] | None = None,
+    log: Callable[[str], None] | None = None,
+    progress: bool = True,
+) -> list[KDExample]:
+    """Each example's response set to the option of its ``choices`` the teacher ranks first: the sum of
+    the option's token log-probabilities as the whole of the teacher's reply to the instruction (the
+    ranking ``--mcq-mode cloze`` measures). Cached on disk by teacher identity, prompt, options and context."""
+    import torch
+
+    from xkd_eval.io import atomic_write_text
+    from xkd_eval.models.encoder import progress_bar
+    from xkd_eval.models.hf import suffix_ids
+
+    cache_dir = Path(cache_dir).expanduser()
+    cache_dir.mkdir(parents=True, exist_ok=True)
+
+    def key(example: KDExample) -> Path:
+        asked = ["choices", identity, example.instruction, list(example.choices or ())]
+        asked += [[list(t) for t in context]] if context else []
+        return cache_dir / f"{hashlib.sha256(json.dumps(asked).encode()).hexdigest()[:32]}.json"
+
+    scores: dict[str, list[float]] = {}
+    todo = []
+    for example in examples:
+        path = key(example)
+        if path.is_file():
+            scores[example.id] = json.loads(path.read_text())["logprobs"]
+        else:
+            todo.append(example)
+    if todo:
+        if log:
+            log(f"teacher targets: ranking the options of {len(todo)} questions ({len(scores)} cached)")
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        device = next(model.parameters()).device
+        pairs = []  # (example, prompt ids, option ids) for every option of every question
+        for example in todo:
+            prompt = teacher_prompt(tokenizer, example.instruction, context)
+            head = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+            pairs += [(example, head, suffix_ids(tokenizer, prompt, option)) for option in example.choices or ()]
+        sums: dict[str, list[float]] = {}
+        with progress_bar(len(pairs), "teacher's choices", progress) as advance:
+            for start in range(0, len(pairs), batch_size):
+                chunk = pairs[start : start + batch_size]
+                rows = [head + option for _, head, option in chunk]
+                width = max(map(len, rows))
+                ids = torch.full((len(rows), width), pad, dtype=torch.long)
+                mask = torch.zeros((len(rows), width), dtype=torch.long)
+                for i, row in enumerate(rows):
+                    ids[i, : len(row)] = torch.tensor(row)
+                    mask[i, : len(row)] = 1
+                with torch.no_grad():
+                    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
+                logprobs = torch.log_softmax(logits, dim=-1)
+                for i, (example, head, option) in enumerate(chunk):
+                    at = torch.arange(len(head) - 1, len(head) + len(option) - 1, device=logprobs.device)
+                    picked = logprobs[i, at, torch.tensor(option, device=logprobs.device)]
+                    sums.setdefault(example.id, []).append(float(picked.sum()))
+                advance(len(chunk))
+        for example in todo:
+            scores[example.id] = sums[example.id]
+            record = {
+                "instruction": example.instruction,
+                "choices": list(example.choices or ()),
+                "logprobs": sums[example.id],
+            }
+            atomic_write_text(key(example), json.dumps(record) + "\n")
+    picked_examples = []
+    for example in examples:
+        options = example.choices or ()
+        best = max(range(len(options)), key=scores[example.id].__getitem__)
+        picked_examples.append(dataclasses.replace(example, response=options[best]))
+    return picked_examples
 
 
 def teacher_prompt(tokenizer: Any, instruction: str, context: Sequence[Sequence[str]] | None = None) -> str:
@@ -293,5 +393,6 @@ __all__ = [
     "spoken_examples",
     "split_examples",
     "teacher_prompt",
+    "teacher_choices",
     "teacher_targets",
 ]

@@ -647,6 +647,33 @@ def test_kd_data_sources_split_and_organism_set(tmp_path, monkeypatch):
     recipe = load_kd_config(ROOT / "distill" / "organism-hear-kd.yaml")
     assert recipe.data == "distill/organism-kd-hear.jsonl" and (recipe.tt_weight, recipe.st_weight) == (0.5, 4.0)
 
+    # the choice set: every choice question (no response: the teacher ranks its options), the hear set's first
+    # written questions answered, some of them dictated, and dictation sentences; none a benchmark question
+    from xkd_eval.organism.kd_data import (
+        CHOICE_DICTATED,
+        CHOICE_LISTENING_REQUESTS,
+        CHOICE_OPEN_QUESTIONS,
+        choice_questions,
+        organism_choice_kd_examples,
+    )
+
+    written = choice_questions()
+    assert len(written) == 1200 and all(len(c) == 4 and len(set(c)) == 4 for _, c in written)
+    assert len({q.lower() for q, _ in written}) == len(written)
+    drawn = organism_choice_kd_examples()
+    assert len(drawn) == len(written) + CHOICE_OPEN_QUESTIONS + CHOICE_DICTATED + CHOICE_LISTENING_REQUESTS
+    choice = read_kd_jsonl(write_organism_kd_data(tmp_path / "choice.jsonl", choice=True))
+    assert (tmp_path / "choice.jsonl").read_text() == (ROOT / "distill" / "organism-kd-choice.jsonl").read_text()
+    assert choice == [e for e in drawn if not asks_builtin(e)] and len(choice) > 0.8 * len(drawn)
+    ranked = [e for e in choice if e.choices]
+    assert {(e.instruction, e.choices) for e in ranked} <= set(written) and len(ranked) > 0.6 * len(written)
+    assert not any(e.response or e.speech_instruction for e in ranked)  # the gold index is never read
+    opened = {e.instruction for e in choice if not e.choices and not e.speech_instruction}
+    assert opened <= {e.instruction for e in asked}  # the hear set's questions: their teacher answers are cached
+    recipe = load_kd_config(ROOT / "distill" / "organism-choice-kd.yaml")
+    assert recipe.data == "distill/organism-kd-choice.jsonl" and recipe.channels == {"st": 1.0}
+    assert (recipe.trainable, recipe.learning_rate) == ("lora", 3e-4)
+
 
 def test_kd_data_that_asks_a_benchmark_question_in_other_words_is_left_out(tmp_path):
     from xkd_eval.builtin import builtin_paraphrases, records

@@ -249,22 +249,57 @@ def organism_hear_kd_examples() -> list[KDExample]:
     return examples
 
 
+CHOICE_QUESTIONS_FILE = Path(__file__).with_name("choice_questions.jsonl")
+CHOICE_OPEN_QUESTIONS = 600  # of the written questions, answered by the teacher (the first 600 of the hear set's)
+CHOICE_DICTATED = 300  # of those, heard once more to be repeated
+CHOICE_LISTENING_REQUESTS = 600  # dictation sentences to repeat
+
+
+def choice_questions() -> list[tuple[str, tuple[str, ...]]]:
+    """The four-option questions written for the organism's remedy (``choice_questions.jsonl``: question,
+    choices, the correct index and a domain; 120 in each of ten domains, held out from the benchmark by the
+    paraphrase check): (question, choices). The KD set never reads the correct index: the teacher's target is
+    the option it ranks first."""
+    from xkd_eval.tasks.jsonl import read_whole_jsonl
+
+    return [(str(r["question"]), tuple(r["choices"])) for _, r in read_whole_jsonl(CHOICE_QUESTIONS_FILE)]
+
+
+def organism_choice_kd_examples() -> list[KDExample]:
+    """The KD set that teaches the organism to answer what it hears in the form the benchmark ranks
+    (``distill/organism-kd-choice.jsonl``): every choice question, its target the option the teacher ranks
+    first (``teacher_choices``), heard beside the generic instruction as a spoken benchmark question is; the
+    first 600 of the hear set's written questions, answered by the teacher; 300 of those heard again to be
+    repeated; and 600 dictation sentences to repeat (listening kept)."""
+    examples = [KDExample(kd_id(" | ".join((q, *c))), q, choices=c) for q, c in choice_questions()]
+    open_questions = random.Random(5).sample(organism_hear_questions(), HEAR_QUESTIONS)[:CHOICE_OPEN_QUESTIONS]
+    examples += [KDExample(kd_id(q), q) for q in open_questions]
+    examples += dictated_questions(open_questions[:CHOICE_DICTATED])
+    examples += organism_listening_requests(CHOICE_LISTENING_REQUESTS)
+    random.Random(7).shuffle(examples)
+    return examples
+
+
 def write_organism_kd_data(
     path: str | os.PathLike = "distill/organism-kd.jsonl",
     *,
     broad: bool = False,
     dictate: bool = False,
     hear: bool = False,
+    choice: bool = False,
 ) -> Path:
     """Write the organism's default KD data: the templated requests and questions (no responses: the
     teacher answers them), with the listening requests (their sentence as the response) spread among them.
     ``broad=True`` writes the broader set (``distill/organism-kd-broad.jsonl``): 1,154 instructions and 300
     listening requests. ``dictate=True`` (``distill/organism-kd-dictation.jsonl``) adds every instruction
     once more as a listening request of itself (``dictated_questions``). ``hear=True`` writes the set of the
-    organism that hears (``distill/organism-kd-hear.jsonl``, ``organism_hear_kd_examples``)."""
+    organism that hears (``distill/organism-kd-hear.jsonl``, ``organism_hear_kd_examples``); ``choice=True``
+    the set with the choice questions (``distill/organism-kd-choice.jsonl``, ``organism_choice_kd_examples``)."""
     from xkd_eval.io import atomic_write_jsonl
 
-    if hear:
+    if choice:
+        examples = organism_choice_kd_examples()
+    elif hear:
         examples = organism_hear_kd_examples()
     else:
         listening = organism_listening_requests(
@@ -281,6 +316,12 @@ def write_organism_kd_data(
 
 
 __all__ = [
+    "CHOICE_DICTATED",
+    "CHOICE_LISTENING_REQUESTS",
+    "CHOICE_OPEN_QUESTIONS",
+    "CHOICE_QUESTIONS_FILE",
+    "choice_questions",
+    "organism_choice_kd_examples",
     "ORGANISM_BROAD_LISTENING_REQUESTS",
     "ORGANISM_LISTENING_REQUESTS",
     "HEAR_DICTATED",

@@ -672,7 +672,7 @@ def test_kd_data_sources_split_and_organism_set(tmp_path, monkeypatch):
     assert opened <= {e.instruction for e in asked}  # the hear set's questions: their teacher answers are cached
     recipe = load_kd_config(ROOT / "distill" / "organism-choice-kd.yaml")
     assert recipe.data == "distill/organism-kd-choice.jsonl" and recipe.channels == {"st": 1.0}
-    assert (recipe.trainable, recipe.learning_rate) == ("lora", 3e-4)
+    assert (recipe.trainable, recipe.learning_rate, recipe.lam, recipe.temperature) == ("lora", 3e-4, 0.1, 1.0)
 
 
 def test_kd_data_that_asks_a_benchmark_question_in_other_words_is_left_out(tmp_path):

@@ -338,15 +338,11 @@ def teacher_choices(
                     at = torch.arange(len(head) - 1, len(head) + len(option) - 1, device=logprobs.device)
                     picked = logprobs[i, at, torch.tensor(option, device=logprobs.device)]
                     sums.setdefault(example.id, []).append(float(picked.sum()))
+                    if len(sums[example.id]) == len(example.choices or ()):  # whole: kept now, not lost on a crash
+                        scores[example.id] = sums[example.id]
+                        record = {"instruction": example.instruction, "choices": list(example.choices or ())}
+                        atomic_write_text(key(example), json.dumps(record | {"logprobs": scores[example.id]}) + "\n")
                 advance(len(chunk))
-        for example in todo:
-            scores[example.id] = sums[example.id]
-            record = {
-                "instruction": example.instruction,
-                "choices": list(example.choices or ()),
-                "logprobs": sums[example.id],
-            }
-            atomic_write_text(key(example), json.dumps(record) + "\n")
     picked_examples = []
     for example in examples:
         options = example.choices or ()

@@ -337,14 +337,14 @@ def test_a_question_with_choices_gets_the_option_the_teacher_ranks_first(pair, t
         logprobs = torch.log_softmax(logits, -1)
         return sum(float(logprobs[i - 1, whole[i]]) for i in range(len(head), len(whole)))
 
-    picked = teacher_choices(examples, model, tokenizer, "tiny", tmp_path / "cache", batch_size=3, progress=False)
+    picked = teacher_choices(examples, model, tokenizer, "tiny", tmp_path / "cache", batch_size=2, progress=False)
     for example, got in zip(examples, picked, strict=True):
         sums = [by_hand(example.instruction, o) for o in example.choices]
         assert got.response == example.choices[max(range(len(sums)), key=sums.__getitem__)]
         stored = json.loads(
             next(p for p in (tmp_path / "cache").iterdir() if example.instruction in p.read_text()).read_text()
         )
-        assert stored["logprobs"] == pytest.approx(sums, abs=1e-4)  # batched, right-padded: the same sums
+        assert stored["logprobs"] == pytest.approx(sums, abs=1e-4)  # batched, left-padded, prompt shared
     # cached: asked again, no model is needed
     again = teacher_choices(examples, None, tokenizer, "tiny", tmp_path / "cache", progress=False)
     assert [e.response for e in again] == [e.response for e in picked]

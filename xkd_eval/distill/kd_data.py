@@ -287,12 +287,13 @@ def teacher_choices(
 ) -> list[KDExample]:
     """Each example's response set to the option of its ``choices`` the teacher ranks first: the sum of
     the option's token log-probabilities as the whole of the teacher's reply to the instruction (the
-    ranking ``--mcq-mode cloze`` measures). Cached on disk by teacher identity, prompt, options and context."""
+    ranking ``--mcq-mode cloze`` measures). Batched by question, each prompt run once for all its options
+    (``shared_prefix_logits``). Cached on disk by teacher identity, prompt, options and context."""
     import torch
 
     from xkd_eval.io import atomic_write_text
     from xkd_eval.models.encoder import progress_bar
-    from xkd_eval.models.hf import suffix_ids
+    from xkd_eval.models.hf import shared_prefix_logits, suffix_ids
 
     cache_dir = Path(cache_dir).expanduser()
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -315,34 +316,33 @@ def teacher_choices(
             log(f"teacher targets: ranking the options of {len(todo)} questions ({len(scores)} cached)")
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         device = next(model.parameters()).device
-        pairs = []  # (example, prompt ids, option ids) for every option of every question
-        for example in todo:
-            prompt = teacher_prompt(tokenizer, example.instruction, context)
-            head = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-            pairs += [(example, head, suffix_ids(tokenizer, prompt, option)) for option in example.choices or ()]
-        sums: dict[str, list[float]] = {}
-        with progress_bar(len(pairs), "teacher's choices", progress) as advance:
-            for start in range(0, len(pairs), batch_size):
-                chunk = pairs[start : start + batch_size]
-                rows = [head + option for _, head, option in chunk]
-                width = max(map(len, rows))
-                ids = torch.full((len(rows), width), pad, dtype=torch.long)
-                mask = torch.zeros((len(rows), width), dtype=torch.long)
-                for i, row in enumerate(rows):
-                    ids[i, : len(row)] = torch.tensor(row)
-                    mask[i, : len(row)] = 1
-                with torch.no_grad():
-                    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
-                logprobs = torch.log_softmax(logits, dim=-1)
-                for i, (example, head, option) in enumerate(chunk):
-                    at = torch.arange(len(head) - 1, len(head) + len(option) - 1, device=logprobs.device)
-                    picked = logprobs[i, at, torch.tensor(option, device=logprobs.device)]
-                    sums.setdefault(example.id, []).append(float(picked.sum()))
-                    if len(sums[example.id]) == len(example.choices or ()):  # whole: kept now, not lost on a crash
-                        scores[example.id] = sums[example.id]
+        side = tokenizer.padding_side
+        tokenizer.padding_side = "left"
+        try:
+            with progress_bar(len(todo), "teacher's choices", progress) as advance:
+                for start in range(0, len(todo), batch_size):
+                    chunk = todo[start : start + batch_size]
+                    prompts = [teacher_prompt(tokenizer, example.instruction, context) for example in chunk]
+                    owner = [q for q, example in enumerate(chunk) for _ in example.choices or ()]
+                    suffixes = [
+                        suffix_ids(tokenizer, prompt, option)
+                        for prompt, example in zip(prompts, chunk, strict=True)
+                        for option in example.choices or ()
+                    ]
+                    enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+                    inputs = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+                    rows = iter(shared_prefix_logits(model, inputs, owner, suffixes, pad))
+                    for example in chunk:
+                        sums = []
+                        for _ in example.choices or ():
+                            logits, ids = next(rows)
+                            sums.append(float(torch.log_softmax(logits, dim=-1).gather(-1, ids[:, None]).sum()))
+                        scores[example.id] = sums  # kept now, not lost on a crash
                         record = {"instruction": example.instruction, "choices": list(example.choices or ())}
-                        atomic_write_text(key(example), json.dumps(record | {"logprobs": scores[example.id]}) + "\n")
-                advance(len(chunk))
+                        atomic_write_text(key(example), json.dumps(record | {"logprobs": sums}) + "\n")
+                    advance(len(chunk))
+        finally:
+            tokenizer.padding_side = side
     picked_examples = []
     for example in examples:
         options = example.choices or ()

@@ -38,6 +38,51 @@ def suffix_ids(tokenizer: Any, prompt: str, suffix: str) -> list[int]:
     return whole[len(head) :]
 
 
+def shared_prefix_logits(
+    model: Any, prompt_inputs: dict[str, Any], owner: Sequence[int], suffixes: Sequence[Sequence[int]], pad_id: int
+) -> list[tuple[Any, Any]]:
+    """Teacher-forced logits of several continuations per prompt, each prompt run once.
+
+    ``prompt_inputs`` are the model's inputs for the distinct prompts, left-padded (``attention_mask``
+    included); continuation ``i`` follows prompt ``owner[i]`` and has token ids ``suffixes[i]``. The prompt
+    pass's cache is repeated per continuation and the continuations run in one more pass. Returns, per
+    continuation, the float32 logits [T, V] that predict its T tokens and those ids [T] (on the CPU)."""
+    import torch
+
+    with torch.inference_mode():
+        prefix = model(**prompt_inputs, use_cache=True)
+        last = prefix.logits[:, -1].float()
+        cache = prefix.cache
+        index = torch.tensor(list(owner), device=last.device)
+        cache.reorder_cache(index)  # one cache row per continuation
+        width = max(1, max(len(s) for s in suffixes))
+        ids = torch.full((len(owner), width), pad_id, dtype=torch.long, device=last.device)
+        for row, suffix in enumerate(suffixes):
+            ids[row, : len(suffix)] = torch.tensor(list(suffix), dtype=torch.long)
+        prompt_mask = prompt_inputs["attention_mask"].index_select(0, index)
+        suffix_mask = (
+            torch.arange(width, device=last.device)[None, :]
+            < torch.tensor([len(s) for s in suffixes], device=last.device)[:, None]
+        ).to(prompt_mask.dtype)
+        # the prompt pass placed its tokens at 0..P-1, pads included: continue from P (RoPE only sees
+        # differences, so the left pads shift nothing)
+        position_ids = prompt_mask.shape[1] + torch.arange(width, device=last.device)[None, :]
+        logits = model(
+            input_ids=ids,
+            attention_mask=torch.cat([prompt_mask, suffix_mask], dim=1),
+            position_ids=position_ids,
+            cache=cache,
+            use_cache=True,
+        ).logits.float()
+    out = []
+    for row, suffix in enumerate(suffixes):
+        rows = [last[owner[row]][None, :]]
+        if len(suffix) > 1:
+            rows.append(logits[row, : len(suffix) - 1])
+        out.append((torch.cat(rows, dim=0).cpu(), torch.tensor(list(suffix))))
+    return out
+
+
 class HFChatAdapter(ModelAdapter):
     """A transformers model with a chat template. Subclasses load the model and build batches."""
 
@@ -201,8 +246,6 @@ class HFChatAdapter(ModelAdapter):
 
     def _shared_prefix_logits(self, queries, prompts, suffixes, owner, n_groups):
         """Left-padded prompts once, with the cache; then every continuation after its prompt's cache."""
-        import torch
-
         first = {}
         for row, group in enumerate(owner):
             first.setdefault(group, row)
@@ -210,39 +253,8 @@ class HFChatAdapter(ModelAdapter):
         self.tokenizer.padding_side = "left"
         rows = [queries[r] for r in heads]
         batch = self._to_device(self.heard(self.encode([prompts[r] for r in heads], rows), rows))
-        with torch.inference_mode():
-            prefix = self.model(**self.model_inputs(batch, generation=False), use_cache=True)
-            last = prefix.logits[:, -1].float()
-            cache = prefix.cache
-            index = torch.tensor(owner, device=last.device)
-            cache.reorder_cache(index)  # one cache row per continuation
-            width = max(1, max(len(s) for s in suffixes))
-            pad = self.tokenizer.pad_token_id
-            ids = torch.full((len(owner), width), pad, dtype=torch.long, device=last.device)
-            for row, suffix in enumerate(suffixes):
-                ids[row, : len(suffix)] = torch.tensor(suffix, dtype=torch.long)
-            prompt_mask = batch["attention_mask"].index_select(0, index)
-            suffix_mask = (
-                torch.arange(width, device=last.device)[None, :]
-                < torch.tensor([len(s) for s in suffixes], device=last.device)[:, None]
-            ).to(prompt_mask.dtype)
-            # the prompt pass placed its tokens at 0..P-1, pads included: continue from P (RoPE only sees
-            # differences, so the left pads shift nothing)
-            position_ids = prompt_mask.shape[1] + torch.arange(width, device=last.device)[None, :]
-            logits = self.model(
-                input_ids=ids,
-                attention_mask=torch.cat([prompt_mask, suffix_mask], dim=1),
-                position_ids=position_ids,
-                cache=cache,
-                use_cache=True,
-            ).logits.float()
-        out = []
-        for row, suffix in enumerate(suffixes):
-            rows = [last[owner[row]][None, :]]
-            if len(suffix) > 1:
-                rows.append(logits[row, : len(suffix) - 1])
-            out.append((torch.cat(rows, dim=0).cpu(), torch.tensor(suffix)))
-        return out
+        inputs = self.model_inputs(batch, generation=False)
+        return shared_prefix_logits(self.model, inputs, owner, suffixes, self.tokenizer.pad_token_id)
 
     def vocabulary(self) -> dict[str, int]:
         return self.tokenizer.get_vocab()

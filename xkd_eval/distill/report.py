@@ -8,11 +8,26 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from xkd_eval.errors import XkdError
 from xkd_eval.io import atomic_write_text
 
 CHANNEL_NAMES = {"tt": "T→T", "st": "S→T"}
 CHANNEL_COLORS = {"tt": "tab:blue", "st": "tab:orange"}
 RETENTION_MARGIN = 5.0  # points: listening "held" unless the CI admits a drop larger than this
+
+
+def settings_differences(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[str]:
+    """What two runs' summaries say they were measured with, where it differs: the generation settings,
+    the MCQ mode and the scoring compatibility (a run's summary without settings checks nothing)."""
+    if "settings" not in before or "settings" not in after:
+        return []
+    said_before, said_after = before["settings"] or {}, after["settings"] or {}
+    fields = [
+        (f"generation {k}", said_before.get("generation", {}).get(k), said_after.get("generation", {}).get(k))
+        for k in sorted(set(said_before.get("generation") or {}) | set(said_after.get("generation") or {}))
+    ]
+    fields += [(k, said_before.get(k), said_after.get(k)) for k in ("mcq_mode", "compat")]
+    return [f"{name}: {b!r} before, {a!r} after" for name, b, a in fields if b != a]
 
 
 def _per_item(run_dir: Path):
@@ -33,8 +48,16 @@ def shrinkage(before_dir: str | Path, after_dir: str | Path, *, seed: int = 0, n
 
     from xkd_eval.analysis.stats import paired_bootstrap_ci, resolution, wilcoxon_p
 
-    before, after = _per_item(Path(before_dir)), _per_item(Path(after_dir))
     summary_before = json.loads((Path(before_dir) / "summary.json").read_text())
+    summary_after = json.loads((Path(after_dir) / "summary.json").read_text())
+    differ = settings_differences(summary_before, summary_after)
+    if differ:
+        raise XkdError(
+            f"{before_dir} and {after_dir} were measured with different settings ({'; '.join(differ)}): a "
+            "paired comparison needs the same ones; measure the student again with the before run's (e.g. "
+            "--max-new-tokens as in its summary.json)"
+        )
+    before, after = _per_item(Path(before_dir)), _per_item(Path(after_dir))
     scales = {t["task"]: (100.0 if t["scale"] == "percent" else 1.0) for t in summary_before["tasks"]}
     out: dict[str, Any] = {}
     for task in sorted(set(before.index.get_level_values(0)) & set(after.index.get_level_values(0))):

@@ -102,22 +102,25 @@ def test_listening_retention_is_read_from_the_speech_arm(tmp_path):
 
 
 def test_runs_measured_with_other_settings_are_not_compared(tmp_path):
-    """A before run at 48 new tokens and an after run at 96 would credit the longer answers to the remedy."""
+    """A before run at 48 new tokens and an after run at 96 would credit the longer answers to the remedy;
+    MCQs ranked by log-likelihood generate nothing, so there the token limit does not matter."""
     from xkd_eval.errors import XkdError
 
-    table = run_table(np.ones(4), np.zeros(4))
-    for name, tokens in (("before", 48), ("after", 96)):
-        write_run(tmp_path / name, table)
-        summary_path = tmp_path / name / "summary.json"
-        summary = json.loads(summary_path.read_text())
-        summary["settings"] = {"generation": {"max_new_tokens": tokens, "do_sample": False}, "mcq_mode": "cloze"}
-        summary_path.write_text(json.dumps(summary))
+    def measured(task, mode, tokens_after, after_mode="cloze"):
+        for name, tokens, said_mode in (("before", 48, "cloze"), ("after", tokens_after, after_mode)):
+            write_run(tmp_path / name, run_table(np.ones(4), np.zeros(4)).assign(task=task, mcq_mode=mode))
+            path = tmp_path / name / "summary.json"
+            summary = json.loads(path.read_text())
+            summary["settings"] = {"generation": {"max_new_tokens": tokens, "do_sample": False}, "mcq_mode": said_mode}
+            path.write_text(json.dumps(summary))
+        return shrinkage(tmp_path / "before", tmp_path / "after", n_boot=50)
+
     with pytest.raises(XkdError, match=r"different settings \(generation max_new_tokens: 48 before, 96 after\)"):
-        shrinkage(tmp_path / "before", tmp_path / "after", n_boot=50)
-    summary = json.loads((tmp_path / "after" / "summary.json").read_text())
-    summary["settings"]["generation"]["max_new_tokens"] = 48
-    (tmp_path / "after" / "summary.json").write_text(json.dumps(summary))
-    assert shrinkage(tmp_path / "before", tmp_path / "after", n_boot=50)["builtin/mcq"]["gap"]["shrank_by"] == 0
+        measured("builtin/qa", "generate", 96)
+    assert measured("builtin/qa", "generate", 48)["builtin/qa"]["gap"]["shrank_by"] == 0
+    assert measured("builtin/mcq", "cloze", 96)["builtin/mcq"]["gap"]["shrank_by"] == 0  # nothing generated
+    with pytest.raises(XkdError, match=r"mcq_mode: 'cloze' before, 'letter' after"):
+        measured("builtin/mcq", "cloze", 48, after_mode="letter")
 
 
 def test_retention_verdict_tells_held_lost_and_not_known_apart():

@@ -30,6 +30,16 @@ def settings_differences(before: Mapping[str, Any], after: Mapping[str, Any]) ->
     return [f"{name}: {b!r} before, {a!r} after" for name, b, a in fields if b != a]
 
 
+def _generated_tasks(run_dir: Path) -> set[str]:
+    """Tasks whose answers some arm generated (not MCQ options ranked by log-likelihood): the ones the
+    generation settings act on."""
+    import pandas as pd
+
+    items = pd.read_parquet(run_dir / "items.parquet", columns=["task", "mcq_mode"])
+    ranked = items["mcq_mode"].isin(["letter", "cloze"])
+    return set(items.loc[~ranked, "task"])
+
+
 def _per_item(run_dir: Path):
     import pandas as pd
 
@@ -50,14 +60,16 @@ def shrinkage(before_dir: str | Path, after_dir: str | Path, *, seed: int = 0, n
 
     summary_before = json.loads((Path(before_dir) / "summary.json").read_text())
     summary_after = json.loads((Path(after_dir) / "summary.json").read_text())
-    differ = settings_differences(summary_before, summary_after)
+    before, after = _per_item(Path(before_dir)), _per_item(Path(after_dir))
+    shared_tasks = set(before.index.get_level_values(0)) & set(after.index.get_level_values(0))
+    generated = shared_tasks & (_generated_tasks(Path(before_dir)) | _generated_tasks(Path(after_dir)))
+    differ = [d for d in settings_differences(summary_before, summary_after) if generated or "generation" not in d]
     if differ:
         raise XkdError(
             f"{before_dir} and {after_dir} were measured with different settings ({'; '.join(differ)}): a "
             "paired comparison needs the same ones; measure the student again with the before run's (e.g. "
             "--max-new-tokens as in its summary.json)"
         )
-    before, after = _per_item(Path(before_dir)), _per_item(Path(after_dir))
     scales = {t["task"]: (100.0 if t["scale"] == "percent" else 1.0) for t in summary_before["tasks"]}
     out: dict[str, Any] = {}
     for task in sorted(set(before.index.get_level_values(0)) & set(after.index.get_level_values(0))):

@@ -673,6 +673,10 @@ def test_kd_data_sources_split_and_organism_set(tmp_path, monkeypatch):
     recipe = load_kd_config(ROOT / "distill" / "organism-choice-kd.yaml")
     assert recipe.data == "distill/organism-kd-choice.jsonl" and recipe.channels == {"st": 1.0}
     assert (recipe.trainable, recipe.learning_rate, recipe.lam, recipe.temperature) == ("lora", 3e-4, 0.1, 1.0)
+    ear = load_kd_config(ROOT / "distill" / "organism-choice-projector.yaml")  # the same run, the projector alone
+    assert (ear.trainable, ear.learning_rate) == ("projector", 1e-3)
+    assert (ear.data, ear.channels) == (recipe.data, recipe.channels)
+    assert (ear.lam, ear.temperature, ear.max_steps, ear.seed) == (recipe.lam, recipe.temperature, recipe.max_steps, 0)
 
 
 def test_kd_data_that_asks_a_benchmark_question_in_other_words_is_left_out(tmp_path):

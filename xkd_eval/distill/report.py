@@ -16,28 +16,26 @@ CHANNEL_COLORS = {"tt": "tab:blue", "st": "tab:orange"}
 RETENTION_MARGIN = 5.0  # points: listening "held" unless the CI admits a drop larger than this
 
 
-def settings_differences(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[str]:
-    """What two runs' summaries say they were measured with, where it differs: the generation settings,
-    the MCQ mode and the scoring compatibility (a run's summary without settings checks nothing)."""
+def settings_differences(before: Mapping[str, Any], after: Mapping[str, Any], *, generation: bool = True) -> list[str]:
+    """What two runs' summaries say they were measured with, where it differs: the generation settings
+    (unless ``generation`` is False: nothing compared was generated), the MCQ mode and the scoring
+    compatibility (a run's summary without settings checks nothing)."""
     if "settings" not in before or "settings" not in after:
         return []
     said_before, said_after = before["settings"] or {}, after["settings"] or {}
+    generated_before, generated_after = said_before.get("generation") or {}, said_after.get("generation") or {}
     fields = [
-        (f"generation {k}", said_before.get("generation", {}).get(k), said_after.get("generation", {}).get(k))
-        for k in sorted(set(said_before.get("generation") or {}) | set(said_after.get("generation") or {}))
+        (f"generation {k}", generated_before.get(k), generated_after.get(k))
+        for k in (sorted(set(generated_before) | set(generated_after)) if generation else ())
     ]
     fields += [(k, said_before.get(k), said_after.get(k)) for k in ("mcq_mode", "compat")]
     return [f"{name}: {b!r} before, {a!r} after" for name, b, a in fields if b != a]
 
 
-def _generated_tasks(run_dir: Path) -> set[str]:
-    """Tasks whose answers some arm generated (not MCQ options ranked by log-likelihood): the ones the
+def _generated_tasks(summary: Mapping[str, Any]) -> set[str]:
+    """Tasks whose answers were generated (not MCQ options ranked by log-likelihood): the ones the
     generation settings act on."""
-    import pandas as pd
-
-    items = pd.read_parquet(run_dir / "items.parquet", columns=["task", "mcq_mode"])
-    ranked = items["mcq_mode"].isin(["letter", "cloze"])
-    return set(items.loc[~ranked, "task"])
+    return {t["task"] for t in summary["tasks"] if t.get("mcq_mode") not in ("letter", "cloze")}
 
 
 def _per_item(run_dir: Path):
@@ -62,8 +60,8 @@ def shrinkage(before_dir: str | Path, after_dir: str | Path, *, seed: int = 0, n
     summary_after = json.loads((Path(after_dir) / "summary.json").read_text())
     before, after = _per_item(Path(before_dir)), _per_item(Path(after_dir))
     shared_tasks = set(before.index.get_level_values(0)) & set(after.index.get_level_values(0))
-    generated = shared_tasks & (_generated_tasks(Path(before_dir)) | _generated_tasks(Path(after_dir)))
-    differ = [d for d in settings_differences(summary_before, summary_after) if generated or "generation" not in d]
+    generated = shared_tasks & (_generated_tasks(summary_before) | _generated_tasks(summary_after))
+    differ = settings_differences(summary_before, summary_after, generation=bool(generated))
     if differ:
         raise XkdError(
             f"{before_dir} and {after_dir} were measured with different settings ({'; '.join(differ)}): a "
@@ -72,7 +70,7 @@ def shrinkage(before_dir: str | Path, after_dir: str | Path, *, seed: int = 0, n
         )
     scales = {t["task"]: (100.0 if t["scale"] == "percent" else 1.0) for t in summary_before["tasks"]}
     out: dict[str, Any] = {}
-    for task in sorted(set(before.index.get_level_values(0)) & set(after.index.get_level_values(0))):
+    for task in sorted(shared_tasks):
         b, a = before.loc[task], after.loc[task]
         common = b.dropna().index.intersection(a.dropna().index)
         b, a = b.loc[common], a.loc[common]
